@@ -1,0 +1,39 @@
+# nanoforge — the README's commands. `make test` on a fresh clone does the whole set-up by itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PKGS   := $(sort $(patsubst %/pyproject.toml,%,$(wildcard packages/*/pyproject.toml)))
+STAMP  := $(VENV)/.install-stamp
+PYTEST_ARGS ?=
+export RAY_AUTH_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo lint check-isolated bench clean help
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+install: $(STAMP)  ## create .venv and install every package editable + dev tools (idempotent)
+$(STAMP): constraints.txt requirements-dev.txt $(wildcard packages/*/pyproject.toml)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p))
+	@touch $@
+
+lint: install  ## ruff over the whole tree
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --diff . >/dev/null || (echo "run: $(BIN)/ruff format ." && exit 1)
+
+test: install lint  ## ruff + the default pytest selection (not slow, not gpu)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider $(PYTEST_ARGS)
+
+check-isolated:  ## each package's tests in a fresh venv with only its declared dependencies
+	$(PYTHON) tools/check_isolated.py $(PKGS)
+
+demo: install  ## the main job on the embedded default corpus (no download, no ../shared)
+	$(BIN)/python tools/demo.py
+
+bench: install  ## benchmarks against peers; figures go to docs/BENCHMARKS.md
+	$(BIN)/python tools/bench/tokenizer.py
+
+clean:  ## remove venvs and caches
+	rm -rf $(VENV) .venv-iso .pytest_cache .ruff_cache .mypy_cache
