@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo lint check-isolated bench clean help
+.PHONY: install test demo lint check-isolated protos bench clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -19,8 +19,9 @@ $(STAMP): constraints.txt requirements-dev.txt $(wildcard packages/*/pyproject.t
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p))
 	@touch $@
 
-lint: install  ## ruff over the whole tree
+lint: install  ## ruff over the whole tree + generated gRPC stubs up to date
 	$(BIN)/ruff check .
+	$(BIN)/python tools/gen_protos.py --check
 	$(BIN)/ruff format --check --diff . >/dev/null || (echo "run: $(BIN)/ruff format ." && exit 1)
 
 test: install lint  ## ruff + the default pytest selection (not slow, not gpu)
@@ -28,6 +29,9 @@ test: install lint  ## ruff + the default pytest selection (not slow, not gpu)
 
 check-isolated:  ## each package's tests in a fresh venv with only its declared dependencies
 	$(PYTHON) tools/check_isolated.py $(PKGS)
+
+protos: install  ## regenerate the gRPC stubs in packages/api from protos/
+	$(BIN)/python tools/gen_protos.py
 
 demo: install  ## the main job on the embedded default corpus (no download, no ../shared)
 	$(BIN)/python tools/demo.py
