@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 PKGS   := $(sort $(patsubst %/pyproject.toml,%,$(wildcard packages/*/pyproject.toml)))
 STAMP  := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
+SHELL  := bash
+.SHELLFLAGS := -o pipefail -c
+# pip warns about every missing local index dir in this machine's pip.conf; keep the log readable
+QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
@@ -15,14 +19,14 @@ help:  ## list the targets
 install: $(STAMP)  ## create .venv and install every package editable + dev tools (idempotent)
 $(STAMP): constraints.txt requirements-dev.txt $(wildcard packages/*/pyproject.toml)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p))
+	$(BIN)/python -m pip install -q --upgrade pip $(QUIET_PIP)
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p)) $(QUIET_PIP)
 	@touch $@
 
 lint: install  ## ruff over the whole tree + generated gRPC stubs up to date
 	$(BIN)/ruff check .
 	$(BIN)/python tools/gen_protos.py --check
-	$(BIN)/ruff format --check --diff . >/dev/null || (echo "run: $(BIN)/ruff format ." && exit 1)
+	$(BIN)/ruff format --check . || (echo "run: $(BIN)/ruff format ." && exit 1)
 
 test: install lint  ## ruff + the default pytest selection (not slow, not gpu)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider $(PYTEST_ARGS)

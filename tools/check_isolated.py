@@ -67,7 +67,12 @@ def check(pkg_dir: Path, local: dict[str, Path]) -> bool:
         f"[isolated] {name}: installing {' '.join(Path(d).name for d in deps) or '(no local deps)'}",
         flush=True,
     )
-    if subprocess.call(install, cwd=ROOT) != 0:
+    proc = subprocess.run(install, cwd=ROOT, capture_output=True, text=True, check=False)
+    noise = "WARNING: Location"  # this machine's pip.conf names local index dirs that may not exist
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.strip() and not line.startswith(noise):
+            print(f"[isolated] {name}: {line}", flush=True)
+    if proc.returncode != 0:
         print(f"[isolated] {name}: FAILED to install", flush=True)
         return False
     tests = pkg_dir / "tests"
