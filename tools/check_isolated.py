@@ -39,17 +39,21 @@ def _dep_name(requirement: str) -> str:
 
 
 def _local_closure(pkg_dir: Path, local: dict[str, Path]) -> list[Path]:
-    """The local nanoforge packages that ``pkg_dir`` needs (transitively), dependencies first."""
+    """The local nanoforge packages that ``pkg_dir`` and its tests need (transitively), dependencies first."""
     seen: list[Path] = []
 
-    def visit(d: Path) -> None:
-        for req in _project(d).get("dependencies", []):
+    def visit(d: Path, extras: tuple[str, ...] = ()) -> None:
+        project = _project(d)
+        reqs = list(project.get("dependencies", []))
+        for extra in extras:
+            reqs += project.get("optional-dependencies", {}).get(extra, [])
+        for req in reqs:
             name = _dep_name(req)
             if name in local and local[name] not in seen:
                 visit(local[name])
                 seen.append(local[name])
 
-    visit(pkg_dir)
+    visit(pkg_dir, ("test",))  # local packages named by the [test] extra come from here too
     return seen
 
 
