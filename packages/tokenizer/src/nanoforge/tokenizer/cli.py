@@ -192,40 +192,45 @@ def decode(tok_path: str, ids: str | None) -> None:
     click.echo(tok.decode(_parse_ids(_read_text(ids))))
 
 
-def _export_hf(tok: Any, out: Path) -> None:
-    from nanoforge.tokenizer.hf_export import export_hf
+def _export_hf(tok: Any, out: Path, force: bool) -> None:
+    """Write the HF files into ``out`` (new, or an existing dir such as an exported model's), each atomically."""
+    from nanoforge.tokenizer.hf_export import HF_TOKENIZER_FILE, export_hf
 
-    def build(tmp: Path) -> None:
-        export_hf(tok, tmp)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; hf export writes a directory")
+    if (out / HF_TOKENIZER_FILE).exists() and not force:
+        raise UserError(f"{out / HF_TOKENIZER_FILE} already exists; pass --force to overwrite it")
+    export_hf(tok, out)
 
-    _publish_dir(build, out, force=False)
 
-
-def _export_tiktoken(tok: Any, out: Path) -> None:
+def _export_tiktoken(tok: Any, out: Path, force: bool) -> None:
     from nanoforge.tokenizer.io import export_tiktoken
 
+    if out.exists() and not force and not out.is_dir():
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; tiktoken export writes one file (e.g. vocab.tiktoken)")
     export_tiktoken(tok, out)
 
 
 #: ``--format`` value -> exporter(native tokenizer, output path).
-EXPORTERS: dict[str, Callable[[Any, Path], None]] = {"hf": _export_hf, "tiktoken": _export_tiktoken}
+EXPORTERS: dict[str, Callable[[Any, Path, bool], None]] = {"hf": _export_hf, "tiktoken": _export_tiktoken}
 
 
 @group.command()
 @click.option("--tokenizer", "tok_path", required=True, help="Native tokenizer directory.")
 @click.option("--format", "fmt", type=click.Choice(sorted(EXPORTERS)), required=True, help="Target format.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory (hf) or file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing tokenizer file at --out.")
 @_user_errors
-def export(tok_path: str, fmt: str, out: Path) -> None:
+def export(tok_path: str, fmt: str, out: Path, force: bool) -> None:
     """Export a native tokenizer to HF tokenizer.json or a tiktoken ranks file."""
     from nanoforge.tokenizer.core import Tokenizer
 
     tok = _load(tok_path)
     if not isinstance(tok, Tokenizer):
         raise UserError(f"{tok_path} is not a native nanoforge tokenizer; only those can be exported")
-    EXPORTERS[fmt](tok, out)
+    EXPORTERS[fmt](tok, out, force)
     click.echo(f"wrote {fmt} export to {out}", err=True)
 
 
