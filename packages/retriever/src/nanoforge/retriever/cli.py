@@ -1,0 +1,209 @@
+"""``nanoforge retriever``: index files into a collection, search it, evaluate it on BEIR data, serve it.
+
+    nanoforge retriever index --collection docs --input README.md docs/ [--chunker recursive] [--embedder minilm]
+    nanoforge retriever search --collection docs --query "how do I train?" [--mode hybrid] [-k 5]
+    nanoforge retriever eval --corpus ../shared/data/scifact --queries .../queries.jsonl --qrels .../qrels/test.tsv
+    nanoforge retriever serve [--port 50052] [--embedder minilm]
+
+Collections live under ``--root`` (default ``$NANOFORGE_RETRIEVER_ROOT`` or ``./nanoforge-collections``).
+What it deliberately does not do: anything the library does not (it only parses options and prints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from nanoforge.cli import UserError
+from nanoforge.retriever.chunking import CHUNKERS, SPANNERS, ChunkerSpec
+from nanoforge.retriever.dense import INDEX_BUILDERS, IndexSpec
+from nanoforge.retriever.embedders import EMBEDDERS, EmbedderSpec
+
+DEFAULT_ROOT = "nanoforge-collections"
+
+
+def _root(value: str | None) -> Path:
+    return Path(value or os.environ.get("NANOFORGE_RETRIEVER_ROOT") or DEFAULT_ROOT)
+
+
+def _embedder_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--embedder", type=click.Choice(sorted(EMBEDDERS)), default="minilm", show_default=True,
+                     help="Embedding model for new collections.")(f)  # fmt: skip
+    f = click.option("--embedder-url", default="", help="openai: base URL (…/v1); inference: host:port.")(f)
+    f = click.option("--embedder-model", default="", help="Model name for openai / inference embedders.")(f)
+    f = click.option(
+        "--embedder-key-env", default="", help="Env var holding the embedder's API key / token."
+    )(f)
+    return f
+
+
+def _spec(embedder: str, url: str, model: str, key_env: str) -> EmbedderSpec:
+    return EmbedderSpec(kind=embedder, model=model, url=url, api_key_env=key_env)
+
+
+root_option = click.option("--root", default=None, help="Directory of collections.")
+
+
+@click.group(name="retriever")
+def group() -> None:
+    """Chunk, embed and index documents; search with FAISS + BM25; evaluate; serve over gRPC."""
+
+
+@group.command()
+@click.option("--collection", required=True, help="Collection name ([a-z0-9_-]{1,64}); created if missing.")
+@click.option("--input", "inputs", required=True, multiple=True, help="File or directory (repeatable).")
+@click.option("--chunker", type=click.Choice(sorted(CHUNKERS)), default="recursive", show_default=True)
+@click.option("--chunk-size", type=int, default=256, show_default=True, help="Max tokens per chunk.")
+@click.option("--overlap", type=int, default=0, show_default=True, help="Tokens shared by neighbour chunks.")
+@click.option("--chunk-tokenizer", type=click.Choice(sorted(SPANNERS)), default="words", show_default=True)
+@_embedder_options
+@click.option(
+    "--index", "index_kind", type=click.Choice(sorted(INDEX_BUILDERS)), default="flat", show_default=True
+)
+@click.option("--batch", type=int, default=256, show_default=True, help="Documents per atomic upsert.")
+@root_option
+def index(
+    collection: str, inputs: tuple[str, ...], chunker: str, chunk_size: int, overlap: int, chunk_tokenizer: str,
+    embedder: str, embedder_url: str, embedder_model: str, embedder_key_env: str, index_kind: str, batch: int,
+    root: str | None,
+) -> None:  # fmt: skip
+    """Load files (txt, md, html, pdf, jsonl, BEIR dir) and upsert them into a collection."""
+    from nanoforge.retriever.documents import load_path
+    from nanoforge.retriever.library import Library
+
+    lib = Library(_root(root))
+    spec = ChunkerSpec(chunker, chunk_size, overlap, chunk_tokenizer)
+    col = lib.create(collection, _spec(embedder, embedder_url, embedder_model, embedder_key_env), spec,
+                     IndexSpec(index_kind), exist_ok=True)  # fmt: skip
+    col.embedder.show_progress = True
+    docs = [d for path in inputs for d in load_path(path)]
+    if not docs:
+        raise UserError(f"no documents found in {', '.join(inputs)}")
+    written = 0
+    for i in range(0, len(docs), batch):
+        written += col.upsert(docs[i : i + batch], spec).chunks_written
+    st = col.stats()
+    click.echo(f"indexed {len(docs)} documents ({written} chunks) into {collection!r}: "
+               f"{st['documents']} documents, {st['chunks']} chunks in total")  # fmt: skip
+    lib.close()
+
+
+@group.command()
+@click.option("--collection", required=True)
+@click.option("--query", required=True)
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default="hybrid", show_default=True)
+@click.option("-k", "k", type=int, default=5, show_default=True)
+@click.option("--filter", "filters", multiple=True, help="key=value metadata equality filter (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON lines.")
+@root_option
+def search(
+    collection: str, query: str, mode: str, k: int, filters: tuple[str, ...], as_json: bool, root: str | None
+) -> None:
+    """Search a collection and print the hits."""
+    from nanoforge.retriever.library import Library
+    from nanoforge.retriever.search import MetadataFilter
+
+    parsed = []
+    for f in filters:
+        if "=" not in f:
+            raise UserError(f"bad --filter {f!r}: expected key=value")
+        key, value = f.split("=", 1)
+        parsed.append(MetadataFilter(key, "eq", (value,)))
+    lib = Library(_root(root))
+    hits = lib.get(collection).search(query, mode=mode, k=k, filters=parsed)
+    for rank, h in enumerate(hits, start=1):
+        if as_json:
+            click.echo(json.dumps(h.__dict__, ensure_ascii=False))
+        else:
+            snippet = " ".join(h.text.split())[:160]
+            click.echo(f"{rank:2d}. {h.score:.4f} {h.chunk_id} {h.title!r}\n    {snippet}")
+    lib.close()
+
+
+@group.command(name="eval")
+@click.option("--corpus", required=True, help="BEIR dataset dir (corpus.jsonl) or corpus.jsonl.")
+@click.option("--queries", default=None, help="queries.jsonl (default: <corpus dir>/queries.jsonl).")
+@click.option("--qrels", default=None, help="qrels TSV (default: <corpus dir>/qrels/test.tsv).")
+@click.option("--collection", default=None, help="Collection to evaluate (indexed from --corpus if missing).")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["dense", "bm25", "hybrid"]),
+              default=("bm25", "dense", "hybrid"), show_default=True)  # fmt: skip
+@click.option("--chunker", type=click.Choice(sorted(CHUNKERS)), default="recursive", show_default=True)
+@click.option("--chunk-size", type=int, default=256, show_default=True)
+@click.option("--chunk-tokenizer", type=click.Choice(sorted(SPANNERS)), default="minilm", show_default=True)
+@_embedder_options
+@click.option(
+    "--report", default="retrieval_eval", show_default=True, help="Writes <report>.md and <report>.json."
+)
+@root_option
+def eval_cmd(
+    corpus: str, queries: str | None, qrels: str | None, collection: str | None, modes: tuple[str, ...],
+    chunker: str, chunk_size: int, chunk_tokenizer: str, embedder: str, embedder_url: str, embedder_model: str,
+    embedder_key_env: str, report: str, root: str | None,
+) -> None:  # fmt: skip
+    """recall@1/5/10/100, MRR@10, nDCG@10 and latency on BEIR data, plus a failure report."""
+    from nanoforge.retriever.documents import load_beir_qrels, load_beir_queries, load_path
+    from nanoforge.retriever.evaluate import evaluate_collection, write_report
+    from nanoforge.retriever.library import Library
+
+    base = Path(corpus) if Path(corpus).is_dir() else Path(corpus).parent
+    q = load_beir_queries(queries or base / "queries.jsonl")
+    rels = load_beir_qrels(qrels or base / "qrels/test.tsv")
+    lib = Library(_root(root))
+    name = collection or f"eval-{base.name.lower()}-{chunker}-{embedder}"
+    col = lib.create(name, _spec(embedder, embedder_url, embedder_model, embedder_key_env),
+                     ChunkerSpec(chunker, chunk_size, 0, chunk_tokenizer), exist_ok=True)  # fmt: skip
+    if col.stats()["documents"] == 0:
+        col.embedder.show_progress = True
+        docs = list(load_path(corpus))
+        for i in range(0, len(docs), 512):
+            col.upsert(docs[i : i + 512])
+    results = [evaluate_collection(col, q, rels, mode, show_progress=True) for mode in modes]
+    for r in results:
+        vals = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items())
+        click.echo(f"{r.mode:7s} {vals}  p50={r.latency_ms['p50']:.2f}ms  failures@10={len(r.failures)}")
+    click.echo(f"report: {write_report(col, results, report)}")
+    lib.close()
+
+
+@group.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=50052, show_default=True)
+@_embedder_options
+@click.option(
+    "--index", "index_kind", type=click.Choice(sorted(INDEX_BUILDERS)), default="flat", show_default=True
+)
+@click.option("--token-env", default="", help="Env var holding the bearer token clients must send.")
+@click.option("--tls-cert", default=None, help="PEM certificate (with --tls-key).")
+@click.option("--tls-key", default=None, help="PEM private key.")
+@root_option
+def serve(
+    host: str, port: int, embedder: str, embedder_url: str, embedder_model: str, embedder_key_env: str,
+    index_kind: str, token_env: str, tls_cert: str | None, tls_key: str | None, root: str | None,
+) -> None:  # fmt: skip
+    """Run the RetrieverService until SIGINT/SIGTERM (then drain and stop)."""
+    from nanoforge.retriever.library import Library
+    from nanoforge.retriever.service import start_server
+
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        raise UserError(f"--token-env {token_env}: that environment variable is empty or unset")
+
+    async def run() -> None:
+        running = await start_server(
+            Library(_root(root)), _spec(embedder, embedder_url, embedder_model, embedder_key_env), host=host,
+            port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, default_index=IndexSpec(index_kind),
+        )  # fmt: skip
+        click.echo(f"RetrieverService listening on {host}:{running.port} (root {_root(root)})", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await running.stop(grace=10.0)
+
+    asyncio.run(run())

@@ -1,0 +1,535 @@
+"""A collection on disk: FAISS index + SQLite store + manifest, with crash-safe upsert and delete.
+
+Layout of a collection directory::
+
+    manifest.json        format/version, embedder, chunker, index spec, dimension, committed generation
+    store.sqlite         documents, chunks, meta (WAL mode)   <- the source of truth
+    index-<gen>.faiss    the dense index of generation <gen>  (faiss.write_index; never pickle)
+    embeddings.sqlite    embedding cache keyed by content hash
+
+Commit protocol of one ``upsert``/``delete`` (all or nothing):
+
+1. chunk and embed outside any transaction (the slow part; a crash here changes nothing);
+2. ``BEGIN IMMEDIATE``; replace the rows; write ``index-<gen+1>.faiss`` (temp file, fsync, ``os.replace``);
+3. set ``meta.generation = gen+1`` in the same transaction and ``COMMIT``   <- the commit point;
+4. rewrite ``manifest.json`` atomically, then delete ``index-<gen>.faiss``.
+
+A crash before 3 leaves SQLite at ``gen`` (WAL rollback) and an orphan ``index-<gen+1>.faiss``; a crash
+after 3 may leave a stale manifest. ``open`` therefore trusts SQLite's generation, loads that index file,
+repairs the manifest and removes orphan files, so reopening always gives the last committed state with
+equal chunk counts in SQLite and FAISS (tested by SIGKILL mid-ingest).
+
+Deletes: flat/IVF indexes remove vectors; HNSW keeps tombstones (FAISS ids absent from SQLite, recomputed
+on open) and compacts past 25 %. BM25 and the metadata used by filters are held in memory, rebuilt from
+SQLite on open. Each chunk is embedded and BM25-indexed as ``title + heading context + chunk text``
+(``embed_text``), so short chunks keep the document's subject; hits return the chunk text only.
+
+What it deliberately does not do: multi-process writers (one process owns a collection; SQLite's lock
+makes a second writer wait, not corrupt), or distributed indexes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from nanoforge.retriever.bm25 import BM25Index
+from nanoforge.retriever.chunking import Chunk, ChunkerSpec, build_chunker
+from nanoforge.retriever.dense import INDEX_BUILDERS, DenseIndex, IndexSpec
+from nanoforge.retriever.documents import Document, content_id, validate_document
+from nanoforge.retriever.embedders import (
+    CachedEmbedder,
+    Embedder,
+    EmbedderSpec,
+    EmbeddingCache,
+    build_embedder,
+)
+from nanoforge.retriever.search import Hit, MetadataFilter, matches, rrf_fuse, validate_filters
+
+FORMAT = "nanoforge-retriever-collection"
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, source TEXT NOT NULL, text TEXT NOT NULL,
+    metadata TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, idx INTEGER NOT NULL, start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL, context TEXT NOT NULL, parent_start INTEGER, parent_end INTEGER);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+"""
+
+#: Search modes.
+MODES = ("dense", "bm25", "hybrid")
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What an upsert did."""
+
+    document_ids: list[str]
+    chunks_written: int
+    chunks_replaced: int
+    embedded_tokens: int
+
+
+def _versions() -> dict[str, str]:
+    out = {"faiss": faiss.__version__}
+    try:
+        out["nanoforge-retriever"] = version("nanoforge-retriever")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        out["nanoforge-retriever"] = "unknown"
+    return out
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` via a temp file in the same directory, fsync, and ``os.replace``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def embed_text(title: str, context: str, text: str) -> str:
+    """What is embedded and BM25-indexed for a chunk: document title, heading context and chunk text."""
+    return "\n".join(part for part in (title, context, text) if part)
+
+
+class Collection:
+    """One collection directory; use ``Collection.create`` or ``Collection.open``."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], embedder: Embedder | None = None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.name: str = manifest["name"]
+        self.chunker_spec = ChunkerSpec(**manifest["chunker"])
+        self.embedder_spec = EmbedderSpec(**manifest["embedder"])
+        self.index_spec = IndexSpec(**manifest["index"])
+        self.dim: int = manifest["dimension"]
+        self._lock = threading.RLock()
+        self._embedder_inner = embedder
+        self._embedder: CachedEmbedder | None = None
+        #: Embedding cache file; set it before the first embed to share one cache between collections.
+        self.cache_path: Path = path / "embeddings.sqlite"
+        self._db = sqlite3.connect(str(path / "store.sqlite"), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._load_state()
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        embedder: EmbedderSpec,
+        chunker: ChunkerSpec | None = None,
+        index: IndexSpec | None = None,
+        description: str = "",
+        embedder_instance: Embedder | None = None,
+    ) -> Collection:
+        """Create an empty collection directory (it must not exist yet).
+
+        Raises:
+            FileExistsError: if ``path`` exists.
+            ValueError: for unknown chunker/index/embedder kinds.
+        """
+        p = Path(path)
+        if p.exists():
+            raise FileExistsError(f"collection directory already exists: {p}")
+        chunker = chunker or ChunkerSpec()
+        index = index or IndexSpec()
+        build_chunker(chunker, embed=lambda texts: np.zeros((len(texts), 1)))  # validates the spec
+        if index.kind not in INDEX_BUILDERS:
+            raise ValueError(f"unknown index kind {index.kind!r}; known: {', '.join(INDEX_BUILDERS)}")
+        inner = embedder_instance or build_embedder(embedder)
+        dim = int(inner.dim)
+        p.mkdir(parents=True)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": p.name,
+            "description": description,
+            "embedder": asdict(EmbedderSpec(**{**asdict(embedder), "dim": dim})),
+            "embedder_key": inner.key,
+            "chunker": asdict(chunker),
+            "index": asdict(index),
+            "dimension": dim,
+            "generation": 0,
+            "created_at": time.time(),
+            "updated_at": time.time(),
+            "versions": _versions(),
+        }
+        DenseIndex(index, dim).save(p / "index-0.faiss")
+        write_json_atomic(p / "manifest.json", manifest)
+        return cls(p, manifest, inner)
+
+    @classmethod
+    def open(cls, path: str | Path, embedder_instance: Embedder | None = None) -> Collection:
+        """Open an existing collection, recovering from any interrupted write.
+
+        Raises:
+            FileNotFoundError: if there is no manifest.
+            ValueError: for a manifest of another format or version.
+        """
+        p = Path(path)
+        mpath = p / "manifest.json"
+        if not mpath.is_file():
+            raise FileNotFoundError(f"not a collection (no manifest.json): {p}")
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{mpath}: format {manifest.get('format')!r} v{manifest.get('format_version')!r} is not "
+                f"{FORMAT!r} v{FORMAT_VERSION}"
+            )
+        return cls(p, manifest, embedder_instance)
+
+    def _meta(self, key: str, default: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def _load_state(self) -> None:
+        """Load the committed generation, repair the manifest, drop orphans, rebuild in-memory indexes."""
+        gen = int(self._meta("generation", "0"))
+        self.generation = gen
+        self.dense = DenseIndex.load(self.index_spec, self.dim, self.path / f"index-{gen}.faiss")
+        if self.manifest.get("generation") != gen:
+            self.manifest["generation"] = gen
+            write_json_atomic(self.path / "manifest.json", self.manifest)
+        for f in self.path.iterdir():
+            if (f.name.startswith("index-") and f.name != f"index-{gen}.faiss") or f.name.endswith(
+                ".json.tmp"
+            ):
+                f.unlink(missing_ok=True)
+        self._doc_meta: dict[str, dict[str, str]] = {}
+        for doc_id, meta in self._db.execute("SELECT id, metadata FROM documents"):
+            self._doc_meta[doc_id] = json.loads(meta)
+        self._chunk_doc: dict[int, str] = {}
+        self.bm25 = BM25Index()
+        rows = self._db.execute(
+            'SELECT c.id, c.doc_id, d.title, c.context, substr(d.text, c.start + 1, c."end" - c.start) '
+            "FROM chunks c JOIN documents d ON d.id = c.doc_id"
+        ).fetchall()
+        for cid, doc_id, *_ in rows:
+            self._chunk_doc[cid] = doc_id
+        self.bm25.add((cid, embed_text(title, context, text)) for cid, _, title, context, text in rows)
+        faiss_ids = set(self.dense.ids().tolist())
+        self.dense.tombstones = faiss_ids - set(self._chunk_doc)
+
+    def close(self) -> None:
+        """Close the SQLite handles."""
+        with self._lock:
+            self._db.close()
+            if self._embedder is not None and self._embedder.cache is not None:
+                self._embedder.cache.close()
+
+    @property
+    def embedder(self) -> CachedEmbedder:
+        """The collection's embedder, with its SQLite cache (built on first use)."""
+        if self._embedder is None:
+            inner = self._embedder_inner or build_embedder(self.embedder_spec)
+            if inner.key != self.manifest.get("embedder_key", inner.key):
+                raise ValueError(
+                    f"collection {self.name!r} was built with {self.manifest['embedder_key']!r}, not {inner.key!r}"
+                )
+            self._embedder = CachedEmbedder(inner, EmbeddingCache(self.cache_path))
+        return self._embedder
+
+    # --- stats -----------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts from SQLite and FAISS (they agree after every commit; live = FAISS minus tombstones)."""
+        with self._lock:
+            docs = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+            chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            return {
+                "name": self.name,
+                "documents": int(docs),
+                "chunks": int(chunks),
+                "faiss_vectors": self.dense.ntotal,
+                "faiss_live": self.dense.ntotal - len(self.dense.tombstones),
+                "tombstones": len(self.dense.tombstones),
+                "bm25_chunks": len(self.bm25),
+                "generation": self.generation,
+                "dimension": self.dim,
+                "created_at": self.manifest["created_at"],
+                "updated_at": self.manifest.get("updated_at", self.manifest["created_at"]),
+            }
+
+    # --- writes ----------------------------------------------------------------------------------------
+
+    def _commit(self, new_gen: int) -> None:
+        """Steps 2b-4 of the protocol (the caller holds an open transaction)."""
+        self.dense.save(self.path / f"index-{new_gen}.faiss")
+        now = time.time()
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)", (str(new_gen),))
+        self._db.execute("COMMIT")
+        old = self.generation
+        self.generation = new_gen
+        self.manifest.update(generation=new_gen, updated_at=now)
+        write_json_atomic(self.path / "manifest.json", self.manifest)
+        (self.path / f"index-{old}.faiss").unlink(missing_ok=True)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        (self.path / f"index-{self.generation + 1}.faiss").unlink(missing_ok=True)
+        self._load_state()  # in-memory indexes may be half-updated: reload the committed state
+
+    def upsert(self, docs: Sequence[Document], chunker: ChunkerSpec | None = None) -> UpsertResult:
+        """Chunk, embed and index documents, replacing any with the same id, in one atomic commit.
+
+        Raises:
+            ValueError: for an empty batch, an empty or oversize document, or a bad chunker spec.
+        """
+        if not docs:
+            raise ValueError("upsert needs at least one document")
+        docs = [
+            d if d.id else Document(content_id(d.text), d.text, d.title, d.source, d.metadata) for d in docs
+        ]
+        for d in docs:
+            validate_document(d)
+        spec = chunker or self.chunker_spec
+        chunk_fn = build_chunker(spec, embed=self.embedder.embed)
+        per_doc: list[list[Chunk]] = [chunk_fn(d.text) for d in docs]
+        texts = [
+            embed_text(d.title, c.context, c.text)
+            for d, chunks in zip(docs, per_doc, strict=True)
+            for c in chunks
+        ]
+        vecs = self.embedder.embed(texts) if texts else np.zeros((0, self.dim), np.float32)  # (N, D)
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                ids = [d.id for d in docs]
+                old = self._chunk_ids_of(ids)
+                self._db.executemany("DELETE FROM chunks WHERE doc_id = ?", [(i,) for i in ids])
+                next_id = int(self._meta("next_chunk_id", "1"))
+                new_ids = np.arange(next_id, next_id + len(texts), dtype=np.int64)
+                rows, pos = [], 0
+                now = time.time()
+                for d, chunks in zip(docs, per_doc, strict=True):
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO documents (id, title, source, text, metadata, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (d.id, d.title, d.source, d.text, json.dumps(d.metadata, sort_keys=True), now),
+                    )
+                    for idx, c in enumerate(chunks):
+                        ps, pe = c.parent if c.parent else (None, None)
+                        rows.append((int(new_ids[pos]), d.id, idx, c.start, c.end, c.context, ps, pe))
+                        pos += 1
+                self._db.executemany(
+                    'INSERT INTO chunks (id, doc_id, idx, start, "end", context, parent_start, parent_end) '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_chunk_id', ?)",
+                    (str(next_id + len(texts)),),
+                )
+                self.dense.remove(old)
+                self.dense.add(new_ids, vecs)
+                self._commit(self.generation + 1)
+            except BaseException:
+                self._rollback()
+                raise
+            self.bm25.remove(old)
+            self.bm25.add((int(i), t) for i, t in zip(new_ids, texts, strict=True))
+            for cid in old:
+                self._chunk_doc.pop(cid, None)
+            for r in rows:
+                self._chunk_doc[r[0]] = r[1]
+            for d in docs:
+                self._doc_meta[d.id] = dict(d.metadata)
+        n_tokens = sum(len(t.split()) for t in texts)
+        return UpsertResult(ids, len(texts), len(old), n_tokens)
+
+    def _chunk_ids_of(self, doc_ids: Sequence[str]) -> list[int]:
+        out: list[int] = []
+        for i in range(0, len(doc_ids), 500):
+            part = list(doc_ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            out += [r[0] for r in self._db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", part)]
+        return out
+
+    def delete(self, doc_ids: Sequence[str] = (), filters: Sequence[MetadataFilter] = ()) -> tuple[int, int]:
+        """Delete documents by id, by filter, or both (then both must match). Unknown ids are ignored.
+
+        Returns:
+            (documents deleted, chunks deleted).
+        """
+        validate_filters(filters)
+        if not doc_ids and not filters:
+            raise ValueError("delete needs document ids, filters, or both")
+        with self._lock:
+            targets = [d for d in (doc_ids or self._doc_meta) if d in self._doc_meta]
+            if filters:
+                targets = [d for d in targets if matches(self._doc_meta[d], filters)]
+            if not targets:
+                return 0, 0
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                old = self._chunk_ids_of(targets)
+                self._db.executemany("DELETE FROM chunks WHERE doc_id = ?", [(i,) for i in targets])
+                self._db.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in targets])
+                self.dense.remove(old)
+                self._commit(self.generation + 1)
+            except BaseException:
+                self._rollback()
+                raise
+            self.bm25.remove(old)
+            for cid in old:
+                self._chunk_doc.pop(cid, None)
+            for d in targets:
+                self._doc_meta.pop(d, None)
+            return len(targets), len(old)
+
+    # --- search ----------------------------------------------------------------------------------------
+
+    def allowed_ids(self, filters: Sequence[MetadataFilter]) -> np.ndarray | None:
+        """Chunk ids whose documents match ``filters`` (None: no filtering)."""
+        if not filters:
+            return None
+        validate_filters(filters)
+        docs = {d for d, m in self._doc_meta.items() if matches(m, filters)}
+        return np.fromiter((c for c, d in self._chunk_doc.items() if d in docs), dtype=np.int64)
+
+    def search(
+        self,
+        query: str,
+        *,
+        mode: str = "hybrid",
+        k: int = 5,
+        filters: Sequence[MetadataFilter] = (),
+        alpha: float = 0.5,
+        min_score: float | None = None,
+        query_vector: np.ndarray | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best chunks (or parent passages) for ``query``, best first.
+
+        Args:
+            query: the query text (BM25 reads it; dense embeds it unless ``query_vector`` is given).
+            mode: ``dense``, ``bm25`` or ``hybrid``.
+            k: number of hits, in [1, 1000].
+            filters: metadata conditions, all of which a hit's document must meet.
+            alpha: weight of the dense ranking in hybrid fusion.
+            min_score: drop hits scoring below this.
+            query_vector: a precomputed (1, dim) query embedding.
+
+        Raises:
+            ValueError: for an empty query, k outside [1, 1000], an unknown mode, bad filters or alpha.
+        """
+        qv = None if query_vector is None else np.asarray(query_vector, dtype=np.float32).reshape(1, -1)
+        return self.search_many(
+            [query], mode=mode, k=k, filters=filters, alpha=alpha, min_score=min_score, query_vectors=qv
+        )[0]
+
+    def search_many(
+        self,
+        queries: Sequence[str],
+        *,
+        mode: str = "hybrid",
+        k: int = 5,
+        filters: Sequence[MetadataFilter] = (),
+        alpha: float = 0.5,
+        min_score: float | None = None,
+        query_vectors: np.ndarray | None = None,
+    ) -> list[list[Hit]]:
+        """``search`` for several queries with the same options: one embedding call and one FAISS call.
+
+        This is what the service's micro-batching uses: a batched FAISS search is a matrix product, far
+        cheaper per query than one search per query.
+        """
+        for q in queries:
+            if not q or not q.strip():
+                raise ValueError("search query must not be empty")
+        if not 1 <= k <= 1000:
+            raise ValueError(f"k must be in [1, 1000], got {k}")
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}; known: {', '.join(MODES)}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"hybrid alpha must be in [0, 1], got {alpha}")
+        pool = max(4 * k, 50) if mode == "hybrid" or self.chunker_spec.strategy == "parent_child" else k
+        n = len(queries)
+        with self._lock:
+            allowed = self.allowed_ids(filters)
+            dense: list[dict[int, float]] = [{} for _ in range(n)]
+            bm25: list[dict[int, float]] = [{} for _ in range(n)]
+            if mode in ("dense", "hybrid"):
+                qv = query_vectors if query_vectors is not None else self.embedder.inner.embed(list(queries))
+                scores, ids = self.dense.search(qv, pool, allowed)  # (n, pool) each
+                dense = [
+                    {int(i): float(sc) for sc, i in zip(scores[r], ids[r], strict=True) if i >= 0}
+                    for r in range(n)
+                ]
+            if mode in ("bm25", "hybrid"):
+                bm25 = [dict(self.bm25.search(q, pool, allowed)) for q in queries]
+            out = []
+            for r in range(n):
+                if mode == "dense":
+                    ranked = list(dense[r].items())
+                elif mode == "bm25":
+                    ranked = list(bm25[r].items())
+                else:
+                    ranked = rrf_fuse(list(dense[r]), list(bm25[r]), alpha)
+                out.append(self._hits(ranked, dense[r], bm25[r], k, min_score))
+            return out
+
+    def _hits(
+        self,
+        ranked: list[tuple[int, float]],
+        dense: dict[int, float],
+        bm25: dict[int, float],
+        k: int,
+        min_score: float | None,
+    ) -> list[Hit]:
+        out: list[Hit] = []
+        seen: set[tuple[str, int, int]] = set()
+        ranked = [(cid, score) for cid, score in ranked if min_score is None or score >= min_score]
+        # One query for all candidates; SQLite cuts the passage out (parent span for parent-child chunks).
+        rows: dict[int, tuple[Any, ...]] = {}
+        for i in range(0, len(ranked), 500):
+            part = [cid for cid, _ in ranked[i : i + 500]]
+            marks = ",".join("?" * len(part))
+            for row in self._db.execute(
+                "SELECT c.id, c.doc_id, c.idx, coalesce(c.parent_start, c.start) AS s, "
+                'coalesce(c.parent_end, c."end") AS e, d.title, d.source, d.metadata, '
+                'substr(d.text, coalesce(c.parent_start, c.start) + 1, coalesce(c.parent_end, c."end") - '
+                "coalesce(c.parent_start, c.start)) FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({marks})",
+                part,
+            ):
+                rows[row[0]] = row[1:]
+        for cid, score in ranked:
+            if cid not in rows:
+                continue
+            doc_id, idx, start, end, title, source, meta, text = rows[cid]
+            if (doc_id, start, end) in seen:  # parent-child: each parent passage once
+                continue
+            seen.add((doc_id, start, end))
+            out.append(
+                Hit(
+                    chunk_id=f"{doc_id}#{idx}", document_id=doc_id, text=text, score=score,
+                    dense_score=dense.get(cid, 0.0), bm25_score=bm25.get(cid, 0.0), title=title, source=source,
+                    metadata=json.loads(meta), start=start, end=end,
+                )
+            )  # fmt: skip
+            if len(out) == k:
+                break
+        return out
