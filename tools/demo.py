@@ -3,17 +3,20 @@
 Stages that exist today (later issues extend this same script):
   1. corpus      the docstrings of the local Python standard library -> out/demo/corpus.txt
   2. tokenizer   train a byte-level BPE tokenizer with the ChatML specials; evaluate it; export to HF
-  3. model       train a tiny GPT on the token ids for about a minute, save a model dir with its tokenizer
+  3. pretrain    token memmaps, then a small GPT pretrained with the trainer's demo recipe (about a minute)
   4. generate    stream text from it with `nanoforge model generate`
+  5. serve       `nanoforge serve` on loopback: a chat completion through the official openai client and
+                 a streamed generation over gRPC
+  6. evaluate    `nanoforge eval run` on held-out docstrings: bits per byte and continuation quality,
+                 with bootstrap intervals, cost and latency, as Markdown/HTML reports
 
 Every stage runs through the public `nanoforge` command, as a user would. Usage:
-  python tools/demo.py [--out out/demo] [--vocab-size 4096] [--train-seconds 60] [--corpus FILE]
+  python tools/demo.py [--out out/demo] [--vocab-size 4096] [--train-iters 600] [--corpus FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import subprocess
 import sys
@@ -71,47 +74,20 @@ def stage_tokenizer(out: Path, corpus: Path, vocab_size: int) -> Path:
     return tok_dir
 
 
-def stage_model(out: Path, corpus: Path, tok_dir: Path, seconds: float) -> Path:
-    """A minimal next-token training loop, until the trainer package lands (issue 4)."""
-    banner(f"3. model: a tiny GPT trained for ~{seconds:.0f} s")
-    import numpy as np
-    import torch
-
-    from nanoforge.core_model import ModelConfig, build_model, save_model
-    from nanoforge.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(tok_dir)
-    ids = np.asarray(tok.encode(corpus.read_text(encoding="utf-8")), dtype=np.int64)
-    print(f"{len(ids):,} tokens ({corpus.stat().st_size / len(ids):.2f} bytes/token)")
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    cfg = ModelConfig(
-        vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_kv_head=2, d_model=128, mlp="swiglu",
-        norm="rmsnorm", positions="rope", max_seq_len=256, tie_embeddings=True,
-        qkv_bias=False, out_bias=False, mlp_bias=False, norm_bias=False,
+def stage_model(out: Path, corpus: Path, tok_dir: Path, iters: int) -> Path:
+    """Tokenize the corpus into memmaps, then pretrain a small GPT with the trainer's demo recipe."""
+    banner(f"3. pretrain: a small GPT, {iters} steps (trainer config demo-bpe)")
+    data, run_dir = out / "data", out / "run"
+    nanoforge(
+        "train", "prepare", "--input", str(corpus), "--tokenizer", str(tok_dir), "--out", str(data),
+        "--doc-split", "paragraph",
     )  # fmt: skip
-    model = build_model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95))
-    block, batch = 128, 16
-    rng = np.random.default_rng(0)
-    t0, step = time.time(), 0
-    while time.time() - t0 < seconds:
-        starts = rng.integers(0, len(ids) - block - 1, size=batch)
-        x = torch.from_numpy(np.stack([ids[s : s + block] for s in starts]))
-        y = torch.from_numpy(np.stack([ids[s + 1 : s + block + 1] for s in starts]))
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 25 == 0:
-            print(f"step {step:4d}  loss {loss.item():.3f}  ({loss.item() / math.log(2):.2f} bits/token)")
-        step += 1
-    print(f"trained {step} steps in {time.time() - t0:.0f} s, final loss {loss.item():.3f}")
-    model_dir = out / "model"
-    save_model(model, model_dir)
-    shutil.copytree(tok_dir, model_dir / "tokenizer", dirs_exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time the demo runs
+    nanoforge(
+        "train", "pretrain", "--config", "demo-bpe", f"data.dir={data}", "--out", str(run_dir),
+        f"train.max_iters={iters}", f"checkpoint.interval={max(iters // 2, 1)}", "log.progress=false",
+    )  # fmt: skip
+    model_dir = run_dir / "final"
     nanoforge("model", "info", str(model_dir))
     return model_dir
 
@@ -126,20 +102,121 @@ def stage_generate(model_dir: Path) -> None:
         print()
 
 
+def _held_out_docstrings(n: int) -> tuple[list[str], str]:
+    """Docstrings the demo model never trained on: idlelib's (the corpus skips that directory)."""
+    from nanoforge.tokenizer.stdlib_corpus import stdlib_dir, stdlib_docstrings
+
+    for sub in ("idlelib", "test"):
+        root = stdlib_dir() / sub
+        if root.is_dir():
+            docs = [d for d in stdlib_docstrings(root) if len(d.split()) >= 24][:n]
+            if docs:
+                return docs, f"{root} (excluded from the training corpus)"
+    return [], ""
+
+
+def _write_eval_tasks(out: Path) -> list[Path]:
+    """Two small tasks on held-out docstrings: perplexity / bits per byte, and greedy continuation."""
+    import json
+
+    docs, source = _held_out_docstrings(40)
+    if not docs:
+        print("no held-out docstrings found (no idlelib/ or test/ in this Python); skipping the evaluation")
+        return []
+    print(f"held-out text: {len(docs)} docstrings from {source}")
+    rows = []
+    for i, doc in enumerate(docs):
+        words = doc.split()
+        prefix, rest, tail = " ".join(words[:16]), " " + " ".join(words[16:24]), " " + " ".join(words[16:120])
+        rows.append({"id": i, "prefix": prefix, "rest": rest, "tail": tail})
+    tasks = out / "eval-tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    (tasks / "docstrings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tasks / "perplexity.yaml").write_text(
+        "name: held-out docstrings, bits per byte after a 16-word prefix\ntype: perplexity\n"
+        'data: docstrings.jsonl\ntemplate: "{{ prefix }}"\ntarget_field: tail\nmetrics: [perplexity, bits_per_byte]\n',
+        encoding="utf-8",
+    )
+    (tasks / "continue.yaml").write_text(
+        "name: held-out docstrings, greedy continuation\ntype: generate\ndata: docstrings.jsonl\n"
+        'template: "{{ prefix }}"\ntarget_field: rest\nmetrics: [token_f1, rouge_l, chrf]\n'
+        "sampling: {max_new_tokens: 12, temperature: 0.0}\n",
+        encoding="utf-8",
+    )
+    return [tasks / "perplexity.yaml", tasks / "continue.yaml"]
+
+
+def stage_serve_and_eval(out: Path, model_dir: Path) -> None:
+    """Serve the model on loopback; call it with the openai client and over gRPC; evaluate it."""
+    banner("5. serve: gRPC + OpenAI-compatible HTTP on loopback")
+    import re
+    import signal
+
+    cmd = [str(BIN / "nanoforge"), "serve", "--model", str(model_dir), "--port", "0", "--http-port", "0"]
+    print("$ nanoforge " + " ".join(cmd[1:]), flush=True)
+    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    ports: dict[str, int] = {}
+    try:
+        assert server.stderr is not None
+        deadline = time.time() + 120
+        while len(ports) < 2 and time.time() < deadline:
+            line = server.stderr.readline()
+            if not line:
+                sys.exit("demo: the server exited before it was ready")
+            found = re.search(r"(grpc|http) listening on [\d.]+:(\d+)", line)
+            if found:
+                ports[found.group(1)] = int(found.group(2))
+        if len(ports) < 2:
+            sys.exit("demo: the server did not report its ports within 120 s")
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{ports['http']}/v1", api_key="unused")
+        chat = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "user", "content": "What does this module provide?"}],
+            max_tokens=32,
+            temperature=0.0,
+        )
+        print(f"openai client, chat completion: {chat.choices[0].message.content!r}")
+        print(
+            f"  usage: {chat.usage.prompt_tokens} prompt + {chat.usage.completion_tokens} completion tokens"
+        )
+        from nanoforge.api.inference_client import InferenceClient
+
+        grpc_client = InferenceClient(f"127.0.0.1:{ports['grpc']}")
+        print("gRPC GenerateStream: ", end="", flush=True)
+        for chunk in grpc_client.generate_stream("Return the", max_new_tokens=32, temperature=0.7, seed=0):
+            print(chunk.text, end="", flush=True)
+        print()
+        tasks = _write_eval_tasks(out)
+        if tasks:
+            banner("6. evaluate: held-out perplexity and continuation quality, with intervals")
+            for task in tasks:
+                nanoforge(
+                    "eval", "run", str(task), "--backend", f"demo=grpc:127.0.0.1:{ports['grpc']}",
+                    "--out", str(out / "eval" / task.stem), "--resamples", "500",
+                )  # fmt: skip
+            print(f"reports: {out / 'eval'}/*/report.md and report.html")
+    finally:
+        server.send_signal(signal.SIGTERM)  # graceful: drains in-flight requests
+        server.wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "out" / "demo"), help="output directory")
     ap.add_argument("--corpus", default=None, help="a text file instead of the stdlib docstrings")
     ap.add_argument("--vocab-size", type=int, default=4096)
-    ap.add_argument("--train-seconds", type=float, default=60.0)
+    ap.add_argument("--train-iters", type=int, default=600, help="pretraining steps (about 1 minute)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     corpus = stage_corpus(out, args.corpus)
     tok_dir = stage_tokenizer(out, corpus, args.vocab_size)
-    model_dir = stage_model(out, corpus, tok_dir, args.train_seconds)
+    model_dir = stage_model(out, corpus, tok_dir, args.train_iters)
     stage_generate(model_dir)
+    stage_serve_and_eval(out, model_dir)
     banner(f"done in {time.time() - t0:.0f} s; artifacts in {out}")
 
 
