@@ -20,7 +20,7 @@ install: $(STAMP)  ## create .venv and install every package editable + dev tool
 $(STAMP): constraints.txt requirements-dev.txt $(wildcard packages/*/pyproject.toml)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip $(QUIET_PIP)
-	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e $(p)) $(QUIET_PIP)
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e "$(p)[test]") $(QUIET_PIP)
 	@touch $@
 
 lint: install  ## ruff over the whole tree + generated gRPC stubs up to date
