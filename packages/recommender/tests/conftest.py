@@ -1,0 +1,14 @@
+"""Shared test setup: one torch thread (tiny models on a shared CPU are much slower with more threads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

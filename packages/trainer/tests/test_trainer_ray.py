@@ -1,0 +1,115 @@
+"""Ray Train: 2 CPU workers (DDP over gloo) give the same losses as one process on the same global batch,
+and a worker killed mid-run is replaced and the run resumes from the last checkpoint.
+
+One local Ray (num_cpus=2, no dashboard, 127.0.0.1) is shared by the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.ray
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # no token file in the home directory
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
+
+
+def test_ray_pretrain_two_workers_match_one_process(local_ray, tmp_path: Path, tiny_cfg) -> None:
+    from nanoforge.trainer.pretrain import run
+    from nanoforge.trainer.ray_launcher import run_ray
+
+    cfg = tiny_cfg(
+        "train.max_iters=6", "train.log_interval=1", "train.eval_interval=6", "checkpoint.interval=3"
+    )
+    single = run(cfg, tmp_path / "one")
+    out = run_ray("pretrain", cfg, tmp_path / "ray", num_workers=2)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "ray")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    assert one[6] < one[1]  # it trained
+    assert out["step"] == 6 and out["eval"]["val_loss"] == pytest.approx(single["eval"]["val_loss"], rel=1e-3)
+    assert (tmp_path / "ray" / "final" / "model.safetensors").is_file()
+    assert [p.name for p in sorted((tmp_path / "ray" / "checkpoints").iterdir())] == [
+        "step-00000003",
+        "step-00000006",
+    ]
+
+
+@pytest.mark.slow  # two Ray Train attempts: about a minute more
+def test_ray_lora_survives_a_killed_worker(local_ray, tmp_path: Path, ft_overrides: list[str]) -> None:
+    from nanoforge.trainer.finetune import run
+    from nanoforge.trainer.finetune_config import load_finetune_config
+    from nanoforge.trainer.ray_launcher import run_ray
+
+    cfg = load_finetune_config(
+        None,
+        [*ft_overrides, "lora.impl=nanoforge", "train.max_iters=12", "checkpoint.interval=6"],
+        method="lora",
+    )
+    run(cfg, tmp_path / "one")
+    out = run_ray("finetune", cfg, tmp_path / "ray", num_workers=2, max_failures=1, fail_at_step=6)
+    assert out["ray_failures_injected"] == 1 and out["step"] == 12
+    assert "killed after step 6" in (tmp_path / "ray" / ".ray-fault-injected").read_text()
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "ray")
+    assert sorted(two) == sorted(one)  # the resumed run's log continues where the checkpoint was
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    a = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "ray" / "adapter" / "adapter_model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+
+
+def test_ray_rejects_uneven_batch(tmp_path: Path, tiny_cfg) -> None:
+    from nanoforge.trainer.ray_launcher import run_ray
+
+    with pytest.raises(ValueError, match=r"train.batch_size=4 must be divisible by --num-workers=3"):
+        run_ray("pretrain", tiny_cfg(), tmp_path, num_workers=3)
+
+
+def test_ray_cli_flags_reach_the_launcher(tmp_path: Path, ft_overrides: list[str], monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from nanoforge.trainer import ray_launcher
+    from nanoforge.trainer.cli import group
+
+    calls = []
+
+    def fake_run_ray(recipe, cfg, out, **kw):
+        calls.append((recipe, cfg.base.method, out, kw))
+        return {
+            "step": 1,
+            "eval": {"val_loss": 1.0, "train_loss": 1.0},
+            "trainable_params": 1,
+            "total_params": 2,
+            "tokens_per_s": 1.0,
+            "wall_s": 1.0,
+            "adapter": str(out / "adapter"),
+        }
+
+    monkeypatch.setattr(ray_launcher, "run_ray", fake_run_ray)
+    args = ["lora", "--ray", "--num-workers", "4", "--ray-address", "ray://head:10001", "--max-failures", "3"]
+    r = CliRunner().invoke(group, [*args, "--out", str(tmp_path / "r"), *ft_overrides])
+    assert r.exit_code == 0, r.output
+    (recipe, method, out, kw) = calls[0]
+    assert (recipe, method, out) == ("finetune", "lora", tmp_path / "r")
+    assert kw == {"resume": False, "num_workers": 4, "address": "ray://head:10001", "max_failures": 3}
