@@ -65,7 +65,7 @@ def check(pkg_dir: Path, local: dict[str, Path]) -> bool:
     py = env / "bin" / "python"
     deps = [str(p) for p in _local_closure(pkg_dir, local)]
     install = [str(py), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), *deps]
-    install.append(f"{pkg_dir}[test]")
+    install += [f"{pkg_dir}[test]", "pytest-timeout"]  # the root pytest config sets a per-test timeout
     t0 = time.time()
     print(
         f"[isolated] {name}: installing {' '.join(Path(d).name for d in deps) or '(no local deps)'}",

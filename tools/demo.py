@@ -5,8 +5,9 @@ Stages that exist today (later issues extend this same script):
   2. tokenizer   train a byte-level BPE tokenizer with the ChatML specials; evaluate it; export to HF
   3. pretrain    token memmaps, then a small GPT pretrained with the trainer's demo recipe (about a minute)
   4. generate    stream text from it with `nanoforge model generate`
-  5. serve       `nanoforge serve` on loopback: a chat completion through the official openai client and
-                 a streamed generation over gRPC
+  4b. LoRA       `nanoforge train lora` on instruction records made from the corpus (PEFT-format adapter)
+  5. serve       `nanoforge serve` on loopback with the adapter: a chat completion through the official
+                 openai client, a streamed generation over gRPC, and the same chat with and without the adapter
   6. evaluate    `nanoforge eval run` on held-out docstrings: bits per byte and continuation quality,
                  with bootstrap intervals, cost and latency, as Markdown/HTML reports
 
@@ -102,6 +103,33 @@ def stage_generate(model_dir: Path) -> None:
         print()
 
 
+def stage_lora(out: Path, corpus: Path, model_dir: Path, iters: int) -> Path:
+    """LoRA-tune the pretrained model on a small instruction set made from the corpus itself."""
+    banner(f"4b. LoRA SFT: one-sentence summaries of docstrings, {iters} steps (trainer config sft-demo)")
+    import json
+
+    records = []
+    for doc in corpus.read_text(encoding="utf-8").split("\n\n"):
+        first, _, body = doc.partition(". ")
+        body = body.strip()
+        if 20 <= len(first) <= 160 and "\n" not in first and 80 <= len(body) <= 600:
+            records.append(
+                {"instruction": "Summarize in one sentence.", "input": body, "output": first + "."}
+            )
+        if len(records) >= 600:
+            break
+    data = out / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    print(f"{len(records)} instruction records -> {data}")
+    run_dir = out / "lora"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    nanoforge(
+        "train", "lora", "--config", "sft-demo", f"base.model={model_dir}", f"data.train={data}",
+        "--out", str(run_dir), f"train.max_iters={iters}", "optim.lr=1e-3", "log.progress=false",
+    )  # fmt: skip
+    return run_dir / "adapter"
+
+
 def _held_out_docstrings(n: int) -> tuple[list[str], str]:
     """Docstrings the demo model never trained on: idlelib's (the corpus skips that directory)."""
     from nanoforge.tokenizer.stdlib_corpus import stdlib_dir, stdlib_docstrings
@@ -146,13 +174,15 @@ def _write_eval_tasks(out: Path) -> list[Path]:
     return [tasks / "perplexity.yaml", tasks / "continue.yaml"]
 
 
-def stage_serve_and_eval(out: Path, model_dir: Path) -> None:
+def stage_serve_and_eval(out: Path, model_dir: Path, adapter: Path | None = None) -> None:
     """Serve the model on loopback; call it with the openai client and over gRPC; evaluate it."""
     banner("5. serve: gRPC + OpenAI-compatible HTTP on loopback")
     import re
     import signal
 
     cmd = [str(BIN / "nanoforge"), "serve", "--model", str(model_dir), "--port", "0", "--http-port", "0"]
+    if adapter is not None:
+        cmd += ["--adapter", f"summaries={adapter}"]
     print("$ nanoforge " + " ".join(cmd[1:]), flush=True)
     server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     ports: dict[str, int] = {}
@@ -188,6 +218,13 @@ def stage_serve_and_eval(out: Path, model_dir: Path) -> None:
         for chunk in grpc_client.generate_stream("Return the", max_new_tokens=32, temperature=0.7, seed=0):
             print(chunk.text, end="", flush=True)
         print()
+        if adapter is not None:
+            messages = [
+                {"role": "user", "content": "Summarize in one sentence.\n\nReturn a new list of the items."}
+            ]
+            for name in ("", "summaries"):
+                reply = grpc_client.generate(messages, adapter=name, max_new_tokens=24, temperature=0.0)
+                print(f"chat over gRPC, adapter {name or '(base)'!r}: {reply.completions[0].text!r}")
         tasks = _write_eval_tasks(out)
         if tasks:
             banner("6. evaluate: held-out perplexity and continuation quality, with intervals")
@@ -208,6 +245,7 @@ def main() -> None:
     ap.add_argument("--corpus", default=None, help="a text file instead of the stdlib docstrings")
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--train-iters", type=int, default=600, help="pretraining steps (about 1 minute)")
+    ap.add_argument("--lora-iters", type=int, default=100, help="LoRA fine-tuning steps")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +254,8 @@ def main() -> None:
     tok_dir = stage_tokenizer(out, corpus, args.vocab_size)
     model_dir = stage_model(out, corpus, tok_dir, args.train_iters)
     stage_generate(model_dir)
-    stage_serve_and_eval(out, model_dir)
+    adapter = stage_lora(out, corpus, model_dir, args.lora_iters)
+    stage_serve_and_eval(out, model_dir, adapter)
     banner(f"done in {time.time() - t0:.0f} s; artifacts in {out}")
 
 
