@@ -112,13 +112,18 @@ def test_cli_serve_batch(model_dir, requests_file, tmp_path, capsys):
     assert "missing option --model" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray():
+    """One local Ray per test session, reused when another package's tests already started it.
+
+    It is not shut down here: Ray stops itself at interpreter exit, and stopping and restarting a local
+    Ray inside one process is flaky (the second start can time out registering its node).
+    """
     ray = pytest.importorskip("ray")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    return ray
 
 
 @pytest.mark.ray

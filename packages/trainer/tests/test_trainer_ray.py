@@ -18,13 +18,17 @@ pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray():
+    """One local Ray per test session, reused when another package's tests already started it.
+
+    It is not shut down here: Ray stops itself at interpreter exit, and stopping and restarting a local
+    Ray inside one process is flaky (the second start can time out registering its node).
+    """
     os.environ["RAY_AUTH_MODE"] = "disabled"  # no token file in the home directory
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
