@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from nanoforge.core_model.checkpoint import atomic_write_bytes, atomic_write_json
 from nanoforge.tokenizer import Tokenizer, load_tokenizer
 from nanoforge.tokenizer.corpus import collect_files
 
@@ -52,24 +53,6 @@ BLOCK_BYTES = 4 << 20
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Indented JSON, written atomically."""
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 def byte_tokenizer() -> Tokenizer:
     """The byte-level tokenizer: no merges, no specials, ids 0..255 are the raw bytes."""
     return Tokenizer([], pattern="gpt4", metadata={"name": "byte"})
@@ -224,7 +207,9 @@ def encode_part(job: PartJob, tok: Tokenizer | None = None) -> dict[str, Any]:
         stats[split]["documents"] += 1
     out = Path(job.out_dir)
     for split in SPLITS:
-        atomic_write(out / f"{job.index:06d}.{split}.bin", np.asarray(ids[split], dtype=dtype).tobytes())
+        atomic_write_bytes(
+            out / f"{job.index:06d}.{split}.bin", np.asarray(ids[split], dtype=dtype).tobytes()
+        )
     marker = {"source": _file_id(path), "range": [job.start, job.end], "key": job.key, "splits": stats}
     atomic_write_json(out / f"{job.index:06d}.json", marker)  # written last: the part is complete
     return marker
@@ -408,7 +393,7 @@ def write_arrays(
     splits = {}
     for s in SPLITS:
         arr = np.asarray(arrays[s]).astype(dtype)
-        atomic_write(out / f"{s}.bin", arr.tobytes())
+        atomic_write_bytes(out / f"{s}.bin", arr.tobytes())
         splits[s] = {"tokens": int(arr.size), "bytes": byte_counts[s], "documents": 1}
         splits[s]["bytes_per_token"] = byte_counts[s] / max(1, arr.size)
     tok.save(out / "tokenizer")
