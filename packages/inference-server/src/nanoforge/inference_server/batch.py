@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from nanoforge.core_model.checkpoint import atomic_write_bytes
 from nanoforge.inference_server.errors import InferenceError
 from nanoforge.inference_server.text import ServingModel
 from nanoforge.inference_server.types import GenerateInput, SamplingOptions
@@ -122,20 +121,12 @@ def generate_records(
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write ``rows`` as JSONL atomically (temp file in the same directory, fsync, rename)."""
+    """Write ``rows`` as JSONL atomically (core-model's temp file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(
+        path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    )
 
 
 def run_batch(
