@@ -35,6 +35,7 @@ EXPECTED_RPCS = {
         "Search",
         "Ask",
         "AskStream",
+        "Stats",
     ],
     "nanoforge.api.recommender.v1.RecommenderService": [
         "Recommend",

@@ -12,6 +12,8 @@ reply messages (typed by their ``.pyi`` stubs)::
         print(reply.completions[0].text, reply.usage.completion_tokens)
         for chunk in client.generate_stream([{"role": "user", "content": "hi"}], max_new_tokens=16):
             print(chunk.text, end="")
+        client.load_adapter("sql", "/models/lora-sql")          # then generate(..., adapter="sql")
+        client.generate([{"role": "user", "content": "2+3?"}], tools=[add_tool], tool_choice="required")
 
 What it deliberately does not do: retries, load balancing, or depend on the server package; errors come
 back as ``grpc.RpcError`` / ``grpc.aio.AioRpcError`` with the server's status code and message.
@@ -19,6 +21,8 @@ back as ``grpc.RpcError`` / ``grpc.aio.AioRpcError`` with the server's status co
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -133,6 +137,59 @@ def _response_format(spec: Mapping[str, Any] | None) -> common_pb2.ResponseForma
     raise ValueError(f"bad response_format {dict(spec)!r}; accepted keys: json_schema, regex, choices")
 
 
+_TOOL_CHOICE_MODES = {
+    "none": common_pb2.TOOL_CHOICE_MODE_NONE,
+    "auto": common_pb2.TOOL_CHOICE_MODE_AUTO,
+    "required": common_pb2.TOOL_CHOICE_MODE_REQUIRED,
+}
+
+
+def tool_definition(tool: common_pb2.ToolDefinition | Mapping[str, Any]) -> common_pb2.ToolDefinition:
+    """An OpenAI-shaped tool dict (``{"type": "function", "function": {"name", "description",
+    "parameters"}}``, or just the inner function dict) -> ``ToolDefinition``; a message passes through.
+
+    Raises:
+        ValueError: when the tool has no name.
+    """
+    if isinstance(tool, common_pb2.ToolDefinition):
+        return tool
+    fn = tool.get("function", tool)
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"bad tool {dict(tool)!r}: it needs a function name")
+    params = fn.get("parameters")
+    return common_pb2.ToolDefinition(
+        name=name,
+        description=str(fn.get("description") or ""),
+        parameters_json_schema=json.dumps(params) if params is not None else "",
+    )
+
+
+def tool_choice_message(choice: str | Mapping[str, Any] | None) -> common_pb2.ToolChoice | None:
+    """``"none"`` | ``"auto"`` | ``"required"`` | ``{"type": "function", "function": {"name": "f"}}`` ->
+    ``ToolChoice`` (None stays unset, which the server treats as auto).
+
+    Raises:
+        ValueError: on another string or a dict without a function name.
+    """
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICE_MODES:
+            raise ValueError(
+                f"bad tool_choice {choice!r}; accepted: none, auto, required or "
+                '{"type": "function", "function": {"name": ...}}'
+            )
+        return common_pb2.ToolChoice(mode=_TOOL_CHOICE_MODES[choice])
+    name = (choice.get("function") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"bad tool_choice {dict(choice)!r}; accepted: none, auto, required or "
+            '{"type": "function", "function": {"name": ...}}'
+        )
+    return common_pb2.ToolChoice(function_name=name)
+
+
 def generate_request(
     prompt: Prompt,
     *,
@@ -141,16 +198,23 @@ def generate_request(
     n: int = 1,
     request_id: str = "",
     response_format: Mapping[str, Any] | None = None,
-    tools: Sequence[common_pb2.ToolDefinition] = (),
+    tools: Sequence[common_pb2.ToolDefinition | Mapping[str, Any]] = (),
+    tool_choice: str | Mapping[str, Any] | None = None,
     **sampling: Any,
 ) -> inference_pb2.GenerateRequest:
-    """A ``GenerateRequest``; ``sampling`` takes the keyword arguments of :func:`sampling_params`."""
+    """A ``GenerateRequest``; ``sampling`` takes the keyword arguments of :func:`sampling_params`.
+
+    ``tools`` are ``ToolDefinition`` messages or OpenAI-shaped dicts (:func:`tool_definition`);
+    ``tool_choice`` is none / auto / required or ``{"type": "function", "function": {"name": ...}}``
+    (:func:`tool_choice_message`; unset: auto). Tools need a chat-message prompt.
+    """
     return inference_pb2.GenerateRequest(
         model=model,
         adapter=adapter,
         sampling=sampling_params(**sampling),
         response_format=_response_format(response_format),
-        tools=list(tools),
+        tools=[tool_definition(t) for t in tools],
+        tool_choice=tool_choice_message(tool_choice),
         n=n,
         request_id=request_id,
         **_prompt_fields(prompt),
@@ -209,6 +273,21 @@ def embed_request(
     return inference_pb2.EmbedRequest(
         model=model, inputs=list(inputs), normalize=normalize, pooling=_POOLINGS[pooling], truncate=truncate
     )
+
+
+def adapter_load_request(
+    name: str, path: str | os.PathLike[str], *, model: str = "", replace: bool = False
+) -> inference_pb2.LoadAdapterRequest:
+    """A ``LoadAdapterRequest``; ``path`` is sent as given: it is read on the server's disk.
+
+    Raises:
+        ValueError: on an empty name or path.
+    """
+    if not name:
+        raise ValueError("adapter name is empty; accepted: [A-Za-z0-9_.-]{1,64}")
+    if not str(path):
+        raise ValueError("adapter path is empty; give the adapter directory on the server's disk")
+    return inference_pb2.LoadAdapterRequest(model=model, name=name, path=os.fspath(path), replace=replace)
 
 
 class _Base:
@@ -314,6 +393,30 @@ class InferenceClient(_Base):
         """The served models and their adapters."""
         return self.stub.ListModels(inference_pb2.ListModelsRequest(), timeout=self._t(timeout))
 
+    def load_adapter(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        model: str = "",
+        replace: bool = False,
+        timeout: float | None = None,
+    ) -> inference_pb2.LoadAdapterResponse:
+        """Load the PEFT LoRA directory ``path`` (on the server's disk) as adapter ``name``.
+
+        Raises ``grpc.RpcError``: ALREADY_EXISTS for a taken name without ``replace``, INVALID_ARGUMENT for
+        a directory that is not a loadable adapter.
+        """
+        request = adapter_load_request(name, path, model=model, replace=replace)
+        return self.stub.LoadAdapter(request, timeout=self._t(timeout))
+
+    def unload_adapter(
+        self, name: str, *, model: str = "", timeout: float | None = None
+    ) -> inference_pb2.UnloadAdapterResponse:
+        """Unload adapter ``name``; NOT_FOUND if none has that name."""
+        request = inference_pb2.UnloadAdapterRequest(model=model, name=name)
+        return self.stub.UnloadAdapter(request, timeout=self._t(timeout))
+
     def close(self) -> None:
         """Close the channel."""
         self.channel.close()
@@ -418,6 +521,26 @@ class AsyncInferenceClient(_Base):
     async def list_models(self, *, timeout: float | None = None) -> inference_pb2.ListModelsResponse:
         """The served models and their adapters."""
         return await self.stub.ListModels(inference_pb2.ListModelsRequest(), timeout=self._t(timeout))
+
+    async def load_adapter(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        model: str = "",
+        replace: bool = False,
+        timeout: float | None = None,
+    ) -> inference_pb2.LoadAdapterResponse:
+        """Load the PEFT LoRA directory ``path`` (on the server's disk) as adapter ``name``."""
+        request = adapter_load_request(name, path, model=model, replace=replace)
+        return await self.stub.LoadAdapter(request, timeout=self._t(timeout))
+
+    async def unload_adapter(
+        self, name: str, *, model: str = "", timeout: float | None = None
+    ) -> inference_pb2.UnloadAdapterResponse:
+        """Unload adapter ``name``; NOT_FOUND if none has that name."""
+        request = inference_pb2.UnloadAdapterRequest(model=model, name=name)
+        return await self.stub.UnloadAdapter(request, timeout=self._t(timeout))
 
     async def close(self) -> None:
         """Close the channel."""

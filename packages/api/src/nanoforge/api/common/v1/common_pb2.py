@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$nanoforge/api/common/v1/common.proto\x12\x17nanoforge.api.common.v1\"\xb6\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\x12\x15\n\rqueue_time_ms\x18\x04 \x01(\x01\x12\x17\n\x0fprefill_time_ms\x18\x05 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_time_ms\x18\x06 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x07 \x01(\x01\"\xcc\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x07\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\t \x01(\r\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\x10\n\x08logprobs\x18\r \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0e \x01(\rB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"\xa6\x01\n\x0b\x43hatMessage\x12+\n\x04role\x18\x01 \x01(\x0e\x32\x1d.nanoforge.api.common.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x35\n\ntool_calls\x18\x04 \x03(\x0b\x32!.nanoforge.api.common.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"S\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\x19\n\x07\x43hoices\x12\x0e\n\x06values\x18\x01 \x03(\t\"w\n\x0eResponseFormat\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x02 \x01(\tH\x00\x12\x33\n\x07\x63hoices\x18\x03 \x01(\x0b\x32 .nanoforge.api.common.v1.ChoicesH\x00\x42\x08\n\x06\x66ormat\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"F\n\x0c\x43hatMessages\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.nanoforge.api.common.v1.ChatMessage\"C\n\x10LogprobCandidate\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\x80\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12?\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32).nanoforge.api.common.v1.LogprobCandidate\"\xb4\x01\n\x0b\x45rrorDetail\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x44\n\x08metadata\x18\x04 \x03(\x0b\x32\x32.nanoforge.api.common.v1.ErrorDetail.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xf6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x06\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x07*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$nanoforge/api/common/v1/common.proto\x12\x17nanoforge.api.common.v1\"\xb6\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\x12\x15\n\rqueue_time_ms\x18\x04 \x01(\x01\x12\x17\n\x0fprefill_time_ms\x18\x05 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_time_ms\x18\x06 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x07 \x01(\x01\"\xcc\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x07\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\t \x01(\r\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\x10\n\x08logprobs\x18\r \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0e \x01(\rB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"\xa6\x01\n\x0b\x43hatMessage\x12+\n\x04role\x18\x01 \x01(\x0e\x32\x1d.nanoforge.api.common.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x35\n\ntool_calls\x18\x04 \x03(\x0b\x32!.nanoforge.api.common.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"S\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"h\n\nToolChoice\x12\x37\n\x04mode\x18\x01 \x01(\x0e\x32\'.nanoforge.api.common.v1.ToolChoiceModeH\x00\x12\x17\n\rfunction_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\x19\n\x07\x43hoices\x12\x0e\n\x06values\x18\x01 \x03(\t\"w\n\x0eResponseFormat\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x02 \x01(\tH\x00\x12\x33\n\x07\x63hoices\x18\x03 \x01(\x0b\x32 .nanoforge.api.common.v1.ChoicesH\x00\x42\x08\n\x06\x66ormat\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"F\n\x0c\x43hatMessages\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.nanoforge.api.common.v1.ChatMessage\"C\n\x10LogprobCandidate\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\x80\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12?\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32).nanoforge.api.common.v1.LogprobCandidate\"\xb4\x01\n\x0b\x45rrorDetail\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x44\n\x08metadata\x18\x04 \x03(\x0b\x32\x32.nanoforge.api.common.v1.ErrorDetail.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xf6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x06\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x07*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORDETAIL_METADATAENTRY']._loaded_options = None
   _globals['_ERRORDETAIL_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=1658
-  _globals['_FINISHREASON']._serialized_end=1904
-  _globals['_ROLE']._serialized_start=1906
-  _globals['_ROLE']._serialized_end=2001
+  _globals['_FINISHREASON']._serialized_start=1764
+  _globals['_FINISHREASON']._serialized_end=2010
+  _globals['_ROLE']._serialized_start=2012
+  _globals['_ROLE']._serialized_end=2107
+  _globals['_TOOLCHOICEMODE']._serialized_start=2110
+  _globals['_TOOLCHOICEMODE']._serialized_end=2245
   _globals['_USAGE']._serialized_start=66
   _globals['_USAGE']._serialized_end=248
   _globals['_SAMPLINGPARAMS']._serialized_start=251
@@ -45,22 +47,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_end=880
   _globals['_TOOLDEFINITION']._serialized_start=882
   _globals['_TOOLDEFINITION']._serialized_end=965
-  _globals['_TOOLCALL']._serialized_start=967
-  _globals['_TOOLCALL']._serialized_end=1027
-  _globals['_CHOICES']._serialized_start=1029
-  _globals['_CHOICES']._serialized_end=1054
-  _globals['_RESPONSEFORMAT']._serialized_start=1056
-  _globals['_RESPONSEFORMAT']._serialized_end=1175
-  _globals['_TOKENIDS']._serialized_start=1177
-  _globals['_TOKENIDS']._serialized_end=1200
-  _globals['_CHATMESSAGES']._serialized_start=1202
-  _globals['_CHATMESSAGES']._serialized_end=1272
-  _globals['_LOGPROBCANDIDATE']._serialized_start=1274
-  _globals['_LOGPROBCANDIDATE']._serialized_end=1341
-  _globals['_TOKENLOGPROB']._serialized_start=1344
-  _globals['_TOKENLOGPROB']._serialized_end=1472
-  _globals['_ERRORDETAIL']._serialized_start=1475
-  _globals['_ERRORDETAIL']._serialized_end=1655
-  _globals['_ERRORDETAIL_METADATAENTRY']._serialized_start=1608
-  _globals['_ERRORDETAIL_METADATAENTRY']._serialized_end=1655
+  _globals['_TOOLCHOICE']._serialized_start=967
+  _globals['_TOOLCHOICE']._serialized_end=1071
+  _globals['_TOOLCALL']._serialized_start=1073
+  _globals['_TOOLCALL']._serialized_end=1133
+  _globals['_CHOICES']._serialized_start=1135
+  _globals['_CHOICES']._serialized_end=1160
+  _globals['_RESPONSEFORMAT']._serialized_start=1162
+  _globals['_RESPONSEFORMAT']._serialized_end=1281
+  _globals['_TOKENIDS']._serialized_start=1283
+  _globals['_TOKENIDS']._serialized_end=1306
+  _globals['_CHATMESSAGES']._serialized_start=1308
+  _globals['_CHATMESSAGES']._serialized_end=1378
+  _globals['_LOGPROBCANDIDATE']._serialized_start=1380
+  _globals['_LOGPROBCANDIDATE']._serialized_end=1447
+  _globals['_TOKENLOGPROB']._serialized_start=1450
+  _globals['_TOKENLOGPROB']._serialized_end=1578
+  _globals['_ERRORDETAIL']._serialized_start=1581
+  _globals['_ERRORDETAIL']._serialized_end=1761
+  _globals['_ERRORDETAIL_METADATAENTRY']._serialized_start=1714
+  _globals['_ERRORDETAIL_METADATAENTRY']._serialized_end=1761
 # @@protoc_insertion_point(module_scope)

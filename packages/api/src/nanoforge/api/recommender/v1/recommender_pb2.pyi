@@ -128,6 +128,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     EXCLUDE_SEEN_FIELD_NUMBER: _builtins.int
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    INCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Served recommender model. Empty: the server's default model."""
     user_id: _builtins.str
@@ -137,14 +138,22 @@ class RecommendRequest(_message.Message):
     exclude_seen: _builtins.bool
     """True: do not recommend items already in history."""
     event_type: _builtins.str
-    """Predict the next event of this type (for example "purchase"). Empty: the next event of any type."""
+    """Predict the next event of this type (for example "purchase"). Empty: the next event of any type.
+    The item head is not conditioned on the type: probabilities become P(item) x P(type), same ranking.
+    """
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
-        """The user's events, oldest first; at least one. Only the last context-length events are used."""
+        """The user's events, oldest first. Only the last context-length events are used. Empty: the most
+        popular items (see popularity_fallback in the reply).
+        """
 
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Items never to recommend. Empty: none."""
+
+    @_builtins.property
+    def include_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these items may be recommended (an allow-list filter, applied before exclusions). Empty: all."""
 
     def __init__(
         self,
@@ -156,10 +165,11 @@ class RecommendRequest(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         exclude_seen: _builtins.bool = ...,
         event_type: _builtins.str = ...,
+        include_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "exclude_item_ids", b"exclude_item_ids", "exclude_seen", b"exclude_seen", "history", b"history", "model", b"model", "top_k", b"top_k", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "exclude_item_ids", b"exclude_item_ids", "exclude_seen", b"exclude_seen", "history", b"history", "include_item_ids", b"include_item_ids", "model", b"model", "top_k", b"top_k", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,8 +184,14 @@ class RecommendResponse(_message.Message):
     RECOMMENDATIONS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    POPULARITY_FALLBACK_FIELD_NUMBER: _builtins.int
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of the model that served the request."""
+    popularity_fallback: _builtins.bool
+    """True when the history was empty and the items are ranked by training popularity, not by the model;
+    probability is then the item's share of training events.
+    """
     @_builtins.property
     def recommendations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recommendation]:
         """Recommendations, best first."""
@@ -184,16 +200,22 @@ class RecommendResponse(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """prompt_tokens counts event tokens; times in ms."""
 
+    @_builtins.property
+    def unknown_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """History items the model does not know (read as unseen items through hashed buckets), in order."""
+
     def __init__(
         self,
         *,
         recommendations: _abc.Iterable[Global___Recommendation] | None = ...,
         model: _builtins.str = ...,
         usage: _common_pb2.Usage | None = ...,
+        popularity_fallback: _builtins.bool = ...,
+        unknown_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "recommendations", b"recommendations", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "popularity_fallback", b"popularity_fallback", "recommendations", b"recommendations", "unknown_item_ids", b"unknown_item_ids", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,7 +242,10 @@ class PredictConversionRequest(_message.Message):
     item_id: _builtins.str
     """Only a conversion on this item counts. Empty: any item."""
     horizon_events: _builtins.int
-    """Number of future events within which the conversion must happen. 0: 1 (the next event)."""
+    """Number of future events within which the conversion must happen. 0: 1 (the next event). A model
+    answers horizon 1 (its next-event-type head) and the horizon its conversion head was trained for
+    (purchases only, any item); other values are INVALID_ARGUMENT naming the accepted ones.
+    """
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
         """The user's events, oldest first; at least one."""
@@ -252,13 +277,24 @@ class PredictConversionResponse(_message.Message):
     PROBABILITY_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    HORIZON_EVENTS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _builtins.int
     probability: _builtins.float
     """Probability of conversion within the horizon, in [0, 1]."""
     model: _builtins.str
     """Name of the model that served the request."""
+    horizon_events: _builtins.int
+    """The horizon answered, in events (the request's, with 0 resolved to 1)."""
+    method: _builtins.str
+    """Which head answered: "next_type_head" (horizon 1) or "conversion_head" (the trained horizon)."""
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """prompt_tokens counts event tokens; times in ms."""
+
+    @_builtins.property
+    def unknown_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """History items the model does not know (read as unseen items through hashed buckets), in order."""
 
     def __init__(
         self,
@@ -266,10 +302,13 @@ class PredictConversionResponse(_message.Message):
         probability: _builtins.float = ...,
         model: _builtins.str = ...,
         usage: _common_pb2.Usage | None = ...,
+        horizon_events: _builtins.int = ...,
+        method: _builtins.str = ...,
+        unknown_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "probability", b"probability", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon_events", b"horizon_events", "method", b"method", "model", b"model", "probability", b"probability", "unknown_item_ids", b"unknown_item_ids", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,7 +367,7 @@ class ScoreCandidatesRequest(_message.Message):
     """Score the next event of this type. Empty: any type."""
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
-        """The user's events, oldest first; at least one."""
+        """The user's events, oldest first. Empty: candidates scored by training popularity."""
 
     @_builtins.property
     def candidate_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -360,8 +399,12 @@ class ScoreCandidatesResponse(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    POPULARITY_FALLBACK_FIELD_NUMBER: _builtins.int
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of the model that served the request."""
+    popularity_fallback: _builtins.bool
+    """True when the history was empty and logprob is the log of the item's share of training events."""
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateScore]:
         """One score per candidate, in request order (see rank for the ordering)."""
@@ -370,16 +413,22 @@ class ScoreCandidatesResponse(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """prompt_tokens counts event tokens; times in ms."""
 
+    @_builtins.property
+    def unknown_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """History items the model does not know (read as unseen items through hashed buckets), in order."""
+
     def __init__(
         self,
         *,
         scores: _abc.Iterable[Global___CandidateScore] | None = ...,
         model: _builtins.str = ...,
         usage: _common_pb2.Usage | None = ...,
+        popularity_fallback: _builtins.bool = ...,
+        unknown_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "scores", b"scores", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "popularity_fallback", b"popularity_fallback", "scores", b"scores", "unknown_item_ids", b"unknown_item_ids", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,8 +448,8 @@ class EventAttribution(_message.Message):
     item_id: _builtins.str
     """Item of that event."""
     weight: _builtins.float
-    """Signed contribution (gradient x input, or attention weight, per the server's method); larger means
-    more support for the recommendation.
+    """Signed contribution, per the reply's method; larger means more support for the recommendation. For
+    "leave_one_out": log P(item | history) minus log P(item | history without this event).
     """
     def __init__(
         self,
@@ -478,12 +527,16 @@ class ExplainResponse(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _builtins.int
     probability: _builtins.float
     """Probability the model gives the item as next event, in [0, 1]."""
     text: _builtins.str
     """The generated explanation. Empty unless generate_text."""
     model: _builtins.str
     """Name of the recommender model that served the request."""
+    method: _builtins.str
+    """Attribution method: "leave_one_out" (each event removed in turn, the model re-run on the rest)."""
     @_builtins.property
     def attributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventAttribution]:
         """Contributions of the history events, largest weight first."""
@@ -491,6 +544,10 @@ class ExplainResponse(_message.Message):
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """Event tokens in prompt_tokens plus the text generation's tokens; times in ms."""
+
+    @_builtins.property
+    def unknown_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """History items the model does not know (read as unseen items through hashed buckets), in order."""
 
     def __init__(
         self,
@@ -500,10 +557,12 @@ class ExplainResponse(_message.Message):
         text: _builtins.str = ...,
         model: _builtins.str = ...,
         usage: _common_pb2.Usage | None = ...,
+        method: _builtins.str = ...,
+        unknown_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributions", b"attributions", "model", b"model", "probability", b"probability", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributions", b"attributions", "method", b"method", "model", b"model", "probability", b"probability", "text", b"text", "unknown_item_ids", b"unknown_item_ids", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,8 +27,11 @@ if _version_not_supported:
 
 class RecommenderServiceStub:
     """Recommends next events from a user's history. Every reply carries a `Usage`, where prompt_tokens counts
-    the event tokens fed to the model. Errors: INVALID_ARGUMENT (empty or malformed history), NOT_FOUND
-    (unknown model), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+    the event tokens fed to the model. Items the model does not know are read as unseen items (hashed
+    buckets), never an error. Errors: INVALID_ARGUMENT (malformed history: unknown event type, times out of
+    order; k or a candidate list out of range; a horizon the model cannot answer), NOT_FOUND (unknown model),
+    FAILED_PRECONDITION (generated text asked of a server without an InferenceService), UNAUTHENTICATED,
+    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
     """
 
     def __init__(self, channel):
@@ -61,8 +64,11 @@ class RecommenderServiceStub:
 
 class RecommenderServiceServicer:
     """Recommends next events from a user's history. Every reply carries a `Usage`, where prompt_tokens counts
-    the event tokens fed to the model. Errors: INVALID_ARGUMENT (empty or malformed history), NOT_FOUND
-    (unknown model), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+    the event tokens fed to the model. Items the model does not know are read as unseen items (hashed
+    buckets), never an error. Errors: INVALID_ARGUMENT (malformed history: unknown event type, times out of
+    order; k or a candidate list out of range; a horizon the model cannot answer), NOT_FOUND (unknown model),
+    FAILED_PRECONDITION (generated text asked of a server without an InferenceService), UNAUTHENTICATED,
+    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
     """
 
     def Recommend(self, request, context):
@@ -126,8 +132,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RecommenderService:
     """Recommends next events from a user's history. Every reply carries a `Usage`, where prompt_tokens counts
-    the event tokens fed to the model. Errors: INVALID_ARGUMENT (empty or malformed history), NOT_FOUND
-    (unknown model), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+    the event tokens fed to the model. Items the model does not know are read as unseen items (hashed
+    buckets), never an error. Errors: INVALID_ARGUMENT (malformed history: unknown event type, times out of
+    order; k or a candidate list out of range; a horizon the model cannot answer), NOT_FOUND (unknown model),
+    FAILED_PRECONDITION (generated text asked of a server without an InferenceService), UNAUTHENTICATED,
+    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
     """
 
     @staticmethod

@@ -31,8 +31,11 @@ GRPC_VERSION: str
 
 class RecommenderServiceStub:
     """Recommends next events from a user's history. Every reply carries a `Usage`, where prompt_tokens counts
-    the event tokens fed to the model. Errors: INVALID_ARGUMENT (empty or malformed history), NOT_FOUND
-    (unknown model), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+    the event tokens fed to the model. Items the model does not know are read as unseen items (hashed
+    buckets), never an error. Errors: INVALID_ARGUMENT (malformed history: unknown event type, times out of
+    order; k or a candidate list out of range; a horizon the model cannot answer), NOT_FOUND (unknown model),
+    FAILED_PRECONDITION (generated text asked of a server without an InferenceService), UNAUTHENTICATED,
+    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
     """
 
     @_typing.overload
@@ -51,8 +54,11 @@ class RecommenderServiceStub:
 @_typing.type_check_only
 class RecommenderServiceAsyncStub(RecommenderServiceStub):
     """Recommends next events from a user's history. Every reply carries a `Usage`, where prompt_tokens counts
-    the event tokens fed to the model. Errors: INVALID_ARGUMENT (empty or malformed history), NOT_FOUND
-    (unknown model), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+    the event tokens fed to the model. Items the model does not know are read as unseen items (hashed
+    buckets), never an error. Errors: INVALID_ARGUMENT (malformed history: unknown event type, times out of
+    order; k or a candidate list out of range; a horizon the model cannot answer), NOT_FOUND (unknown model),
+    FAILED_PRECONDITION (generated text asked of a server without an InferenceService), UNAUTHENTICATED,
+    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -67,8 +73,11 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
 
 class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Recommends next events from a user's history. Every reply carries a `Usage`, where prompt_tokens counts
-    the event tokens fed to the model. Errors: INVALID_ARGUMENT (empty or malformed history), NOT_FOUND
-    (unknown model), RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+    the event tokens fed to the model. Items the model does not know are read as unseen items (hashed
+    buckets), never an error. Errors: INVALID_ARGUMENT (malformed history: unknown event type, times out of
+    order; k or a candidate list out of range; a horizon the model cannot answer), NOT_FOUND (unknown model),
+    FAILED_PRECONDITION (generated text asked of a server without an InferenceService), UNAUTHENTICATED,
+    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
     """
 
     @_abc_1.abstractmethod

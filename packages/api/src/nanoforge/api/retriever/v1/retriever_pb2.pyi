@@ -40,6 +40,10 @@ class _ChunkingStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Chun
     """Split on paragraphs, then lines, then sentences, then tokens until pieces fit the chunk size."""
     CHUNKING_STRATEGY_HEADINGS: _ChunkingStrategy.ValueType  # 4
     """Split on Markdown / reStructuredText headings; each chunk keeps its heading path as a prefix."""
+    CHUNKING_STRATEGY_SEMANTIC: _ChunkingStrategy.ValueType  # 5
+    """Sentences grouped into chunks at embedding-distance breakpoints (topic shifts), still capped in size."""
+    CHUNKING_STRATEGY_PARENT_CHILD: _ChunkingStrategy.ValueType  # 6
+    """Small child chunks are searched; each hit returns its larger parent passage (1024 tokens)."""
 
 class ChunkingStrategy(_ChunkingStrategy, metaclass=_ChunkingStrategyEnumTypeWrapper):
     """How documents are cut into chunks before embedding."""
@@ -54,7 +58,43 @@ CHUNKING_STRATEGY_RECURSIVE: ChunkingStrategy.ValueType  # 3
 """Split on paragraphs, then lines, then sentences, then tokens until pieces fit the chunk size."""
 CHUNKING_STRATEGY_HEADINGS: ChunkingStrategy.ValueType  # 4
 """Split on Markdown / reStructuredText headings; each chunk keeps its heading path as a prefix."""
+CHUNKING_STRATEGY_SEMANTIC: ChunkingStrategy.ValueType  # 5
+"""Sentences grouped into chunks at embedding-distance breakpoints (topic shifts), still capped in size."""
+CHUNKING_STRATEGY_PARENT_CHILD: ChunkingStrategy.ValueType  # 6
+"""Small child chunks are searched; each hit returns its larger parent passage (1024 tokens)."""
 Global___ChunkingStrategy: _TypeAlias = ChunkingStrategy  # noqa: Y015
+
+class _IndexKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IndexKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IndexKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INDEX_KIND_UNSPECIFIED: _IndexKind.ValueType  # 0
+    """The server's default (its --index option; flat unless set)."""
+    INDEX_KIND_FLAT: _IndexKind.ValueType  # 1
+    """Exact inner-product search over all vectors."""
+    INDEX_KIND_HNSW: _IndexKind.ValueType  # 2
+    """HNSW graph: approximate, fast, no training."""
+    INDEX_KIND_IVF: _IndexKind.ValueType  # 3
+    """Inverted file over k-means cells: approximate, trained on the first batch."""
+    INDEX_KIND_IVF_PQ: _IndexKind.ValueType  # 4
+    """IVF with product-quantised vectors: smallest memory, approximate scores."""
+
+class IndexKind(_IndexKind, metaclass=_IndexKindEnumTypeWrapper):
+    """The FAISS index that holds a collection's vectors."""
+
+INDEX_KIND_UNSPECIFIED: IndexKind.ValueType  # 0
+"""The server's default (its --index option; flat unless set)."""
+INDEX_KIND_FLAT: IndexKind.ValueType  # 1
+"""Exact inner-product search over all vectors."""
+INDEX_KIND_HNSW: IndexKind.ValueType  # 2
+"""HNSW graph: approximate, fast, no training."""
+INDEX_KIND_IVF: IndexKind.ValueType  # 3
+"""Inverted file over k-means cells: approximate, trained on the first batch."""
+INDEX_KIND_IVF_PQ: IndexKind.ValueType  # 4
+"""IVF with product-quantised vectors: smallest memory, approximate scores."""
+Global___IndexKind: _TypeAlias = IndexKind  # noqa: Y015
 
 class _FilterOperator:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -120,6 +160,30 @@ SEARCH_MODE_HYBRID: SearchMode.ValueType  # 3
 """Both, fused by reciprocal rank fusion weighted by hybrid_alpha."""
 Global___SearchMode: _TypeAlias = SearchMode  # noqa: Y015
 
+class _AnswerMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnswerModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnswerMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANSWER_MODE_UNSPECIFIED: _AnswerMode.ValueType  # 0
+    """The server default, ANSWER_MODE_GENERATIVE."""
+    ANSWER_MODE_GENERATIVE: _AnswerMode.ValueType  # 1
+    """The InferenceService model, constrained so that it can only cite retrieved chunks or abstain."""
+    ANSWER_MODE_EXTRACTIVE: _AnswerMode.ValueType  # 2
+    """The context sentences most similar to the question, quoted with their markers (no model needed)."""
+
+class AnswerMode(_AnswerMode, metaclass=_AnswerModeEnumTypeWrapper):
+    """Who writes the answer."""
+
+ANSWER_MODE_UNSPECIFIED: AnswerMode.ValueType  # 0
+"""The server default, ANSWER_MODE_GENERATIVE."""
+ANSWER_MODE_GENERATIVE: AnswerMode.ValueType  # 1
+"""The InferenceService model, constrained so that it can only cite retrieved chunks or abstain."""
+ANSWER_MODE_EXTRACTIVE: AnswerMode.ValueType  # 2
+"""The context sentences most similar to the question, quoted with their markers (no model needed)."""
+Global___AnswerMode: _TypeAlias = AnswerMode  # noqa: Y015
+
 @_typing.final
 class ChunkingOptions(_message.Message):
     """Chunking parameters."""
@@ -165,6 +229,7 @@ class CollectionInfo(_message.Message):
     NUM_CHUNKS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    INDEX_KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Collection name, [a-z0-9_-]{1,64}."""
     description: _builtins.str
@@ -177,6 +242,8 @@ class CollectionInfo(_message.Message):
     """Number of documents."""
     num_chunks: _builtins.int
     """Number of chunks (= indexed vectors)."""
+    index_kind: Global___IndexKind.ValueType
+    """The FAISS index kind."""
     @_builtins.property
     def default_chunking(self) -> Global___ChunkingOptions:
         """Chunking used when an Upsert does not give its own."""
@@ -201,10 +268,11 @@ class CollectionInfo(_message.Message):
         num_chunks: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        index_kind: Global___IndexKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_chunking", b"default_chunking", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_chunking", b"default_chunking", "description", b"description", "embedding_dimension", b"embedding_dimension", "embedding_model", b"embedding_model", "name", b"name", "num_chunks", b"num_chunks", "num_documents", b"num_documents", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_chunking", b"default_chunking", "description", b"description", "embedding_dimension", b"embedding_dimension", "embedding_model", b"embedding_model", "index_kind", b"index_kind", "name", b"name", "num_chunks", b"num_chunks", "num_documents", b"num_documents", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -221,6 +289,7 @@ class CreateCollectionRequest(_message.Message):
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     DEFAULT_CHUNKING_FIELD_NUMBER: _builtins.int
     EXIST_OK_FIELD_NUMBER: _builtins.int
+    INDEX_KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Collection name, [a-z0-9_-]{1,64}."""
     description: _builtins.str
@@ -229,6 +298,8 @@ class CreateCollectionRequest(_message.Message):
     """InferenceService model used for embeddings. Empty: that service's default model."""
     exist_ok: _builtins.bool
     """True: succeed without change when a collection of this name exists. False: ALREADY_EXISTS."""
+    index_kind: Global___IndexKind.ValueType
+    """FAISS index kind. Unset: the server's default."""
     @_builtins.property
     def default_chunking(self) -> Global___ChunkingOptions:
         """Default chunking. Unset fields: CHUNKING_STRATEGY_RECURSIVE, 256 tokens, no overlap."""
@@ -241,10 +312,11 @@ class CreateCollectionRequest(_message.Message):
         embedding_model: _builtins.str = ...,
         default_chunking: Global___ChunkingOptions | None = ...,
         exist_ok: _builtins.bool = ...,
+        index_kind: Global___IndexKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_chunking", b"default_chunking"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_chunking", b"default_chunking", "description", b"description", "embedding_model", b"embedding_model", "exist_ok", b"exist_ok", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_chunking", b"default_chunking", "description", b"description", "embedding_model", b"embedding_model", "exist_ok", b"exist_ok", "index_kind", b"index_kind", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -859,6 +931,9 @@ class AskTrace(_message.Message):
     RETRIEVAL_TIME_MS_FIELD_NUMBER: _builtins.int
     GENERATION_TIME_MS_FIELD_NUMBER: _builtins.int
     SUPPORT_SCORE_FIELD_NUMBER: _builtins.int
+    ABSTAIN_THRESHOLD_FIELD_NUMBER: _builtins.int
+    SENTENCES_FIELD_NUMBER: _builtins.int
+    RAW_ANSWER_FIELD_NUMBER: _builtins.int
     search_query: _builtins.str
     """The query actually searched (the question, possibly rewritten). Equal to the question if not rewritten."""
     prompt: _builtins.str
@@ -868,7 +943,13 @@ class AskTrace(_message.Message):
     generation_time_ms: _builtins.float
     """Milliseconds spent waiting for generation."""
     support_score: _builtins.float
-    """The support score compared with abstain_threshold (the best hit's score)."""
+    """The support score compared with abstain_threshold: the best cosine similarity between the question
+    and a retrieved chunk under the collection's embedder (one scale for every search mode).
+    """
+    abstain_threshold: _builtins.float
+    """The threshold that support_score was compared with (the request's, or the calibrated default)."""
+    raw_answer: _builtins.str
+    """The raw text the reader produced, before unsupported sentences were dropped."""
     @_builtins.property
     def retrieved(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """Every retrieved chunk, best first, before any were dropped for the context budget."""
@@ -876,6 +957,10 @@ class AskTrace(_message.Message):
     @_builtins.property
     def context_chunk_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Chunks placed in the prompt, in prompt order."""
+
+    @_builtins.property
+    def sentences(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentenceGroundedness]:
+        """Every sentence the reader produced (including dropped ones), with its groundedness."""
 
     def __init__(
         self,
@@ -887,14 +972,55 @@ class AskTrace(_message.Message):
         retrieval_time_ms: _builtins.float = ...,
         generation_time_ms: _builtins.float = ...,
         support_score: _builtins.float = ...,
+        abstain_threshold: _builtins.float = ...,
+        sentences: _abc.Iterable[Global___SentenceGroundedness] | None = ...,
+        raw_answer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_chunk_ids", b"context_chunk_ids", "generation_time_ms", b"generation_time_ms", "prompt", b"prompt", "retrieval_time_ms", b"retrieval_time_ms", "retrieved", b"retrieved", "search_query", b"search_query", "support_score", b"support_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain_threshold", b"abstain_threshold", "context_chunk_ids", b"context_chunk_ids", "generation_time_ms", b"generation_time_ms", "prompt", b"prompt", "raw_answer", b"raw_answer", "retrieval_time_ms", b"retrieval_time_ms", "retrieved", b"retrieved", "search_query", b"search_query", "sentences", b"sentences", "support_score", b"support_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AskTrace: _TypeAlias = AskTrace  # noqa: Y015
+
+@_typing.final
+class SentenceGroundedness(_message.Message):
+    """How well one answer sentence is supported by the chunks it cites."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    MARKERS_FIELD_NUMBER: _builtins.int
+    GROUNDEDNESS_FIELD_NUMBER: _builtins.int
+    SUPPORTED_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The sentence as it appears in the answer, markers included."""
+    groundedness: _builtins.float
+    """Share of the sentence's content words (no stopwords or numbers) found in its cited chunks, in [0, 1].
+    0 for a sentence that cites nothing.
+    """
+    supported: _builtins.bool
+    """groundedness >= min_groundedness."""
+    @_builtins.property
+    def markers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The "[n]" markers it cites."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        markers: _abc.Iterable[_builtins.int] | None = ...,
+        groundedness: _builtins.float = ...,
+        supported: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groundedness", b"groundedness", "markers", b"markers", "supported", b"supported", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SentenceGroundedness: _TypeAlias = SentenceGroundedness  # noqa: Y015
 
 @_typing.final
 class AskRequest(_message.Message):
@@ -912,22 +1038,34 @@ class AskRequest(_message.Message):
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     INCLUDE_TRACE_FIELD_NUMBER: _builtins.int
+    ANSWER_MODE_FIELD_NUMBER: _builtins.int
+    MIN_GROUNDEDNESS_FIELD_NUMBER: _builtins.int
+    DROP_UNSUPPORTED_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection to search; NOT_FOUND if it does not exist."""
     question: _builtins.str
     """The question; must not be empty."""
     model: _builtins.str
-    """InferenceService model that writes the answer. Empty: that service's default."""
+    """InferenceService model that writes the answer (ANSWER_MODE_GENERATIVE). Empty: that service's default."""
     adapter: _builtins.str
     """Adapter of that model to use. Empty: the base model."""
     abstain_threshold: _builtins.float
-    """Abstain (answer "not in the documents") when the best hit's score is below this. Unset: the
-    server's calibrated default. The model may also abstain on its own.
+    """Abstain (answer "Not in the documents.") when the support score (AskTrace.support_score) is below
+    this. Unset: the collection's calibrated default (`nanoforge retriever calibrate`; -1, i.e.
+    never, when not calibrated). The model may also abstain on its own, and an answer without a grounded sentence abstains.
     """
     max_context_tokens: _builtins.int
     """Budget in tokens for retrieved text in the prompt; lower-ranked chunks are dropped. 0: 1024."""
     include_trace: _builtins.bool
     """True: include the AskTrace in the reply."""
+    answer_mode: Global___AnswerMode.ValueType
+    """Who writes the answer. Unset: ANSWER_MODE_GENERATIVE."""
+    min_groundedness: _builtins.float
+    """A sentence whose groundedness is below this is unsupported, in [0, 1]. Unset: 0.5."""
+    drop_unsupported: _builtins.bool
+    """True: unsupported sentences are removed from the answer. False: they stay, flagged in sentences.
+    Either way, an answer without any supported sentence becomes an abstention.
+    """
     @_builtins.property
     def retrieval(self) -> Global___SearchOptions:
         """Retrieval parameters. Unset: defaults."""
@@ -955,14 +1093,22 @@ class AskRequest(_message.Message):
         max_context_tokens: _builtins.int = ...,
         history: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
         include_trace: _builtins.bool = ...,
+        answer_mode: Global___AnswerMode.ValueType = ...,
+        min_groundedness: _builtins.float | None = ...,
+        drop_unsupported: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "abstain_threshold", b"abstain_threshold", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "min_groundedness", b"min_groundedness", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "collection", b"collection", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "model", b"model", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "answer_mode", b"answer_mode", "collection", b"collection", "drop_unsupported", b"drop_unsupported", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "min_groundedness", b"min_groundedness", "model", b"model", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__abstain_threshold: _TypeAlias = _typing.Literal["abstain_threshold"]  # noqa: Y015
     _WhichOneofArgType__abstain_threshold: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__min_groundedness: _TypeAlias = _typing.Literal["min_groundedness"]  # noqa: Y015
+    _WhichOneofArgType__min_groundedness: _TypeAlias = _typing.Literal["_min_groundedness", b"_min_groundedness"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__abstain_threshold) -> _WhichOneofReturnType__abstain_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_groundedness) -> _WhichOneofReturnType__min_groundedness | None: ...
 
 Global___AskRequest: _TypeAlias = AskRequest  # noqa: Y015
 
@@ -979,6 +1125,8 @@ class AskResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    GROUNDEDNESS_FIELD_NUMBER: _builtins.int
+    SENTENCES_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     """The answer with "[n]" markers pointing at citations, or the abstention message."""
     abstained: _builtins.bool
@@ -987,6 +1135,10 @@ class AskResponse(_message.Message):
     """Why it abstained, for example "best score 0.12 < threshold 0.30". Empty when it answered."""
     finish_reason: _common_pb2.FinishReason.ValueType
     """Why generation of the answer ended. FINISH_REASON_UNSPECIFIED when abstained before generating."""
+    groundedness: _builtins.float
+    """Content-word-weighted mean groundedness of the reader's sentences, in [0, 1]. 0 when abstained
+    before reading.
+    """
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]:
         """Sources behind the answer's markers, ordered by marker. Empty when abstained."""
@@ -999,6 +1151,10 @@ class AskResponse(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """prompt/completion tokens of generation plus embedded query tokens in prompt_tokens; times in ms."""
 
+    @_builtins.property
+    def sentences(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentenceGroundedness]:
+        """Each sentence of the answer with its groundedness (dropped ones excluded). Empty when abstained."""
+
     def __init__(
         self,
         *,
@@ -1009,10 +1165,12 @@ class AskResponse(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         trace: Global___AskTrace | None = ...,
         usage: _common_pb2.Usage | None = ...,
+        groundedness: _builtins.float = ...,
+        sentences: _abc.Iterable[Global___SentenceGroundedness] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trace", b"trace", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain_reason", b"abstain_reason", "abstained", b"abstained", "answer", b"answer", "citations", b"citations", "finish_reason", b"finish_reason", "trace", b"trace", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain_reason", b"abstain_reason", "abstained", b"abstained", "answer", b"answer", "citations", b"citations", "finish_reason", b"finish_reason", "groundedness", b"groundedness", "sentences", b"sentences", "trace", b"trace", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1034,20 +1192,31 @@ class AskStreamRequest(_message.Message):
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     INCLUDE_TRACE_FIELD_NUMBER: _builtins.int
+    ANSWER_MODE_FIELD_NUMBER: _builtins.int
+    MIN_GROUNDEDNESS_FIELD_NUMBER: _builtins.int
+    DROP_UNSUPPORTED_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection to search; NOT_FOUND if it does not exist."""
     question: _builtins.str
     """The question; must not be empty."""
     model: _builtins.str
-    """InferenceService model that writes the answer. Empty: that service's default."""
+    """InferenceService model that writes the answer (ANSWER_MODE_GENERATIVE). Empty: that service's default."""
     adapter: _builtins.str
     """Adapter of that model to use. Empty: the base model."""
     abstain_threshold: _builtins.float
-    """Abstain when the best hit's score is below this. Unset: the server's calibrated default."""
+    """Abstain when the support score is below this. Unset: the collection's calibrated default (-1 if none)."""
     max_context_tokens: _builtins.int
     """Budget in tokens for retrieved text in the prompt; lower-ranked chunks are dropped. 0: 1024."""
     include_trace: _builtins.bool
     """True: include the AskTrace on the last message."""
+    answer_mode: Global___AnswerMode.ValueType
+    """Who writes the answer. Unset: ANSWER_MODE_GENERATIVE."""
+    min_groundedness: _builtins.float
+    """A sentence whose groundedness is below this is unsupported, in [0, 1]. Unset: 0.5."""
+    drop_unsupported: _builtins.bool
+    """True: unsupported sentences are removed from the answer. False: they stay, flagged in sentences.
+    Either way, an answer without any supported sentence becomes an abstention.
+    """
     @_builtins.property
     def retrieval(self) -> Global___SearchOptions:
         """Retrieval parameters. Unset: defaults."""
@@ -1073,14 +1242,22 @@ class AskStreamRequest(_message.Message):
         max_context_tokens: _builtins.int = ...,
         history: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
         include_trace: _builtins.bool = ...,
+        answer_mode: Global___AnswerMode.ValueType = ...,
+        min_groundedness: _builtins.float | None = ...,
+        drop_unsupported: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "abstain_threshold", b"abstain_threshold", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "min_groundedness", b"min_groundedness", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "collection", b"collection", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "model", b"model", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "answer_mode", b"answer_mode", "collection", b"collection", "drop_unsupported", b"drop_unsupported", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "min_groundedness", b"min_groundedness", "model", b"model", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__abstain_threshold: _TypeAlias = _typing.Literal["abstain_threshold"]  # noqa: Y015
     _WhichOneofArgType__abstain_threshold: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__min_groundedness: _TypeAlias = _typing.Literal["min_groundedness"]  # noqa: Y015
+    _WhichOneofArgType__min_groundedness: _TypeAlias = _typing.Literal["_min_groundedness", b"_min_groundedness"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__abstain_threshold) -> _WhichOneofReturnType__abstain_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_groundedness) -> _WhichOneofReturnType__min_groundedness | None: ...
 
 Global___AskStreamRequest: _TypeAlias = AskStreamRequest  # noqa: Y015
 
@@ -1097,6 +1274,9 @@ class AskStreamResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    GROUNDEDNESS_FIELD_NUMBER: _builtins.int
+    SENTENCES_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Newly generated answer text (the whole abstention message at once when abstaining)."""
     abstained: _builtins.bool
@@ -1105,6 +1285,13 @@ class AskStreamResponse(_message.Message):
     """On the last message: why it abstained. Empty otherwise."""
     finish_reason: _common_pb2.FinishReason.ValueType
     """On the last message: why generation ended. FINISH_REASON_UNSPECIFIED before."""
+    groundedness: _builtins.float
+    """On the last message: overall groundedness, as in AskResponse. 0 before."""
+    withdrawn: _builtins.bool
+    """True: all text streamed before this message is withdrawn (the answer failed its groundedness check
+    after it was streamed); this message's text starts the replacement (the abstention message).
+    The answer is the concatenated text since the last withdrawal, equal to AskResponse.answer.
+    """
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]:
         """On the last message: sources behind the answer's markers. Empty before."""
@@ -1117,6 +1304,10 @@ class AskStreamResponse(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """On the last message: usage of the whole request. Unset before."""
 
+    @_builtins.property
+    def sentences(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentenceGroundedness]:
+        """On the last message: the answer's sentences with their groundedness. Empty before."""
+
     def __init__(
         self,
         *,
@@ -1127,11 +1318,124 @@ class AskStreamResponse(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         trace: Global___AskTrace | None = ...,
         usage: _common_pb2.Usage | None = ...,
+        groundedness: _builtins.float = ...,
+        sentences: _abc.Iterable[Global___SentenceGroundedness] | None = ...,
+        withdrawn: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trace", b"trace", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain_reason", b"abstain_reason", "abstained", b"abstained", "citations", b"citations", "finish_reason", b"finish_reason", "text", b"text", "trace", b"trace", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain_reason", b"abstain_reason", "abstained", b"abstained", "citations", b"citations", "finish_reason", b"finish_reason", "groundedness", b"groundedness", "sentences", b"sentences", "text", b"text", "trace", b"trace", "usage", b"usage", "withdrawn", b"withdrawn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AskStreamResponse: _TypeAlias = AskStreamResponse  # noqa: Y015
+
+@_typing.final
+class StatsRequest(_message.Message):
+    """Request of Stats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    """Collection to describe; NOT_FOUND if it does not exist. Empty: all collections."""
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsRequest: _TypeAlias = StatsRequest  # noqa: Y015
+
+@_typing.final
+class CollectionStats(_message.Message):
+    """Counters of one collection since the server started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    SEARCH_REQUESTS_FIELD_NUMBER: _builtins.int
+    SEARCH_MEAN_MS_FIELD_NUMBER: _builtins.int
+    SEARCH_MAX_MS_FIELD_NUMBER: _builtins.int
+    ASK_REQUESTS_FIELD_NUMBER: _builtins.int
+    ASK_ABSTAINED_FIELD_NUMBER: _builtins.int
+    ASK_MEAN_MS_FIELD_NUMBER: _builtins.int
+    CALIBRATED_THRESHOLD_FIELD_NUMBER: _builtins.int
+    FAISS_VECTORS_FIELD_NUMBER: _builtins.int
+    search_requests: _builtins.int
+    """Search RPCs served."""
+    search_mean_ms: _builtins.float
+    """Mean latency of those searches in milliseconds (0 when none)."""
+    search_max_ms: _builtins.float
+    """Largest latency of those searches in milliseconds."""
+    ask_requests: _builtins.int
+    """Ask and AskStream RPCs served."""
+    ask_abstained: _builtins.int
+    """How many of them abstained."""
+    ask_mean_ms: _builtins.float
+    """Mean Ask/AskStream latency in milliseconds (0 when none)."""
+    calibrated_threshold: _builtins.float
+    """The calibrated abstention threshold Ask uses by default. Unset: not calibrated (-1 is used: never)."""
+    faiss_vectors: _builtins.int
+    """FAISS vectors held, including HNSW tombstones."""
+    @_builtins.property
+    def collection(self) -> Global___CollectionInfo:
+        """Name, sizes, embedder and index kind."""
+
+    def __init__(
+        self,
+        *,
+        collection: Global___CollectionInfo | None = ...,
+        search_requests: _builtins.int = ...,
+        search_mean_ms: _builtins.float = ...,
+        search_max_ms: _builtins.float = ...,
+        ask_requests: _builtins.int = ...,
+        ask_abstained: _builtins.int = ...,
+        ask_mean_ms: _builtins.float = ...,
+        calibrated_threshold: _builtins.float | None = ...,
+        faiss_vectors: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_calibrated_threshold", b"_calibrated_threshold", "calibrated_threshold", b"calibrated_threshold", "collection", b"collection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_calibrated_threshold", b"_calibrated_threshold", "ask_abstained", b"ask_abstained", "ask_mean_ms", b"ask_mean_ms", "ask_requests", b"ask_requests", "calibrated_threshold", b"calibrated_threshold", "collection", b"collection", "faiss_vectors", b"faiss_vectors", "search_max_ms", b"search_max_ms", "search_mean_ms", b"search_mean_ms", "search_requests", b"search_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__calibrated_threshold: _TypeAlias = _typing.Literal["calibrated_threshold"]  # noqa: Y015
+    _WhichOneofArgType__calibrated_threshold: _TypeAlias = _typing.Literal["_calibrated_threshold", b"_calibrated_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__calibrated_threshold) -> _WhichOneofReturnType__calibrated_threshold | None: ...
+
+Global___CollectionStats: _TypeAlias = CollectionStats  # noqa: Y015
+
+@_typing.final
+class StatsResponse(_message.Message):
+    """Reply of Stats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectionStats]:
+        """One entry per requested collection, sorted by name."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """Only total_time_ms is set."""
+
+    def __init__(
+        self,
+        *,
+        collections: _abc.Iterable[Global___CollectionStats] | None = ...,
+        usage: _common_pb2.Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015

@@ -77,6 +77,11 @@ class RetrieverServiceStub:
                 request_serializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.AskStreamRequest.SerializeToString,
                 response_deserializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.AskStreamResponse.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/nanoforge.api.retriever.v1.RetrieverService/Stats',
+                request_serializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.StatsRequest.SerializeToString,
+                response_deserializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -141,6 +146,13 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """Sizes, index kind, embedder, calibrated threshold and request/latency counters of collections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +195,11 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.AskStream,
                     request_deserializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.AskStreamRequest.FromString,
                     response_serializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.AskStreamResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.StatsRequest.FromString,
+                    response_serializer=nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +421,33 @@ class RetrieverService:
             '/nanoforge.api.retriever.v1.RetrieverService/AskStream',
             nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.AskStreamRequest.SerializeToString,
             nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.AskStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nanoforge.api.retriever.v1.RetrieverService/Stats',
+            nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.StatsRequest.SerializeToString,
+            nanoforge_dot_api_dot_retriever_dot_v1_dot_retriever__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

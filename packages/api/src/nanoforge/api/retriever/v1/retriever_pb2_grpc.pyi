@@ -55,6 +55,8 @@ class RetrieverServiceStub:
     """Answers a question from retrieved chunks, with citations, or abstains when they do not support one."""
     AskStream: _grpc.UnaryStreamMultiCallable[_retriever_pb2.AskStreamRequest, _retriever_pb2.AskStreamResponse]
     """Ask, with the answer streamed as it is generated; citations, trace and usage come on the last message."""
+    Stats: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.StatsRequest, _retriever_pb2.StatsResponse]
+    """Sizes, index kind, embedder, calibrated threshold and request/latency counters of collections."""
 
 @_typing.type_check_only
 class RetrieverServiceAsyncStub(RetrieverServiceStub):
@@ -80,6 +82,8 @@ class RetrieverServiceAsyncStub(RetrieverServiceStub):
     """Answers a question from retrieved chunks, with citations, or abstains when they do not support one."""
     AskStream: _aio.UnaryStreamMultiCallable[_retriever_pb2.AskStreamRequest, _retriever_pb2.AskStreamResponse]  # type: ignore[assignment]
     """Ask, with the answer streamed as it is generated; citations, trace and usage come on the last message."""
+    Stats: _aio.UnaryUnaryMultiCallable[_retriever_pb2.StatsRequest, _retriever_pb2.StatsResponse]  # type: ignore[assignment]
+    """Sizes, index kind, embedder, calibrated threshold and request/latency counters of collections."""
 
 class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
     """Indexes documents and answers questions grounded in them. Every reply carries a `Usage`.
@@ -150,5 +154,13 @@ class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_retriever_pb2.AskStreamResponse], _abc.AsyncIterator[_retriever_pb2.AskStreamResponse]]:
         """Ask, with the answer streamed as it is generated; citations, trace and usage come on the last message."""
+
+    @_abc_1.abstractmethod
+    def Stats(
+        self,
+        request: _retriever_pb2.StatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.StatsResponse, _abc.Awaitable[_retriever_pb2.StatsResponse]]:
+        """Sizes, index kind, embedder, calibrated threshold and request/latency counters of collections."""
 
 def add_RetrieverServiceServicer_to_server(servicer: RetrieverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
