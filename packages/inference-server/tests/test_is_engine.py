@@ -404,3 +404,17 @@ def test_random_cancellations_and_a_tiny_prefix_cache_keep_every_row_exact(varia
     assert mid_decode, "the test should cancel some request while it decodes"
     assert eng.table.count == 0 and eng.cache.pinned() == 0 and len(eng.cache) <= 3
     assert eng.cache.stats.evicted_blocks > 0
+
+
+def test_step_counters_account_for_prefill_and_decode() -> None:
+    eng = Engine(tiny(), EngineConfig(max_batch_size=3, prefix_cache_tokens=0))
+    col = Collector()
+    for i, n in enumerate((5, 9, 13)):
+        eng.submit(col.request(str(i), list(range(1, n + 1)), max_new_tokens=4))
+    eng.run_until_idle()
+    m = eng.metrics()
+    assert m["total_prefill_tokens"] == 5 + 9 + 13
+    # each request's first token comes from its prefill, the other 3 from decode steps
+    assert m["total_decode_rows"] == 3 * 3 and m["total_tokens"] == 3 * 4
+    assert m["total_decode_steps"] <= m["total_decode_rows"]
+    assert m["total_prefill_seconds"] > 0 and m["total_decode_seconds"] > 0

@@ -516,3 +516,30 @@ def test_is_structured_tool_choice_none_hides_tools_and_bad_choices_fail(bpe) ->
             run(sm, GenerateInput(messages=msgs, options=SamplingOptions(max_new_tokens=5), **kw))
         assert needle in str(e.value), (kw, str(e.value))
         sm = serving(bpe, seed=6)  # run() shut the previous one down
+
+
+def test_is_structured_concurrent_requests_for_one_schema_compile_it_once(bpe, monkeypatch) -> None:
+    import threading
+
+    from nanoforge.inference_server.structured import build as build_mod
+
+    calls: list[int] = []
+    real = build_mod.build_dfa
+
+    def counting_build_dfa(node):
+        calls.append(1)
+        return real(node)
+
+    monkeypatch.setattr(build_mod, "build_dfa", counting_build_dfa)
+    structurer = Structurer(bpe, bpe.vocab_size, [bpe.special_tokens["<|im_end|>"]])
+    fmt = {"type": "json_schema", "schema": SCHEMAS[0]}
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(structurer.response_guide(fmt))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 6 and all(g is got[0] for g in got)
+    assert len(calls) == 1
+    structurer.response_guide({"type": "json_schema", "schema": SCHEMAS[1]})
+    assert len(calls) == 2 and not structurer._building

@@ -131,6 +131,21 @@ def slow_servers(slow_model_dir: Path) -> Iterator[RunningServers]:
     running.close()
 
 
+@pytest.fixture(scope="session")
+def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with 2048 positions: room for tool definitions (hundreds of tokens with the tiny
+    tokenizer) plus a generated call."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("long-model"), max_seq_len=2048)
+
+
+@pytest.fixture(scope="module")
+def long_servers(long_model_dir: Path) -> Iterator[RunningServers]:
+    """gRPC only, no auth, batch of 4, over the long-context tiny model."""
+    running = RunningServers(long_model_dir, ServeOptions(port=0, http_port=None), max_batch_size=4)
+    yield running
+    running.close()
+
+
 @pytest.fixture(scope="module")
 def plain_servers(tiny_model_dir: Path) -> Iterator[RunningServers]:
     """gRPC + HTTP, no auth, no TLS, batch of 4."""

@@ -1,7 +1,7 @@
 """Protobuf messages <-> the server's Python types (``types.py``), plus what both servers share: limits, n samples.
 
 What it does: turns ``GenerateRequest`` / ``SamplingParams`` / ``ChatMessage`` / ``ToolDefinition`` /
-``ResponseFormat`` into a validated ``GenerateInput``; turns ``GenerationChunk`` / ``Usage`` /
+``ToolChoice`` / ``ResponseFormat`` into a validated ``GenerateInput``; turns ``GenerationChunk`` / ``Usage`` /
 ``TokenLogprob`` / tool calls / score and model-info dicts back into reply messages. Every bad field raises
 ``InvalidRequest`` naming the field (as a dotted proto path), the value and what is accepted.
 
@@ -177,6 +177,35 @@ def response_format_from_proto(rf: common_pb2.ResponseFormat) -> dict[str, Any] 
     return {"type": "choice", "choices": list(rf.choices.values)}
 
 
+_TOOL_CHOICE_MODES = {
+    common_pb2.TOOL_CHOICE_MODE_UNSPECIFIED: None,
+    common_pb2.TOOL_CHOICE_MODE_NONE: "none",
+    common_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
+    common_pb2.TOOL_CHOICE_MODE_REQUIRED: "required",
+}
+
+
+def tool_choice_from_proto(tc: common_pb2.ToolChoice) -> str | dict[str, Any] | None:
+    """``ToolChoice`` -> "none" | "auto" | "required" | ``{"type": "function", "function": {"name": ...}}``.
+
+    None when unset (auto). Whether the named tool exists is checked later, against the request's tools.
+    """
+    kind = tc.WhichOneof("choice")
+    if kind is None:
+        return None
+    if kind == "function_name":
+        if not tc.function_name:
+            raise _bad("tool_choice.function_name", "", "the name of one of the request's tools")
+        return {"type": "function", "function": {"name": tc.function_name}}
+    if tc.mode not in _TOOL_CHOICE_MODES:
+        raise _bad(
+            "tool_choice.mode",
+            tc.mode,
+            "TOOL_CHOICE_MODE_NONE, TOOL_CHOICE_MODE_AUTO or TOOL_CHOICE_MODE_REQUIRED",
+        )
+    return _TOOL_CHOICE_MODES[tc.mode]
+
+
 def generate_input_from_proto(
     req: inference_pb2.GenerateRequest | inference_pb2.GenerateStreamRequest,
     *,
@@ -204,12 +233,16 @@ def generate_input_from_proto(
     tools = tools_from_proto(req.tools)
     if tools and kind != "messages":
         raise _bad("tools", f"<{len(tools)} tools>", "tools only with a messages prompt")
+    tool_choice = tool_choice_from_proto(req.tool_choice)
+    if tool_choice not in (None, "none", "auto") and not tools:
+        raise _bad("tool_choice", tool_choice, "none or auto unless tools are given")
     inp = GenerateInput(
         **prompt,
         options=sampling_from_proto(req.sampling, limits),
         adapter=req.adapter or None,
         response_format=response_format_from_proto(req.response_format),
         tools=tools,
+        tool_choice=tool_choice,
         deadline=deadline,
         request_id=request_id,
     )

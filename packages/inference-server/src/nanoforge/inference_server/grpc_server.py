@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -52,7 +52,7 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 async def _merge_streams(
-    streams: list[AsyncIterator[GenerationChunk]],
+    streams: Sequence[AsyncIterator[GenerationChunk]],
 ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
     """Interleave several chunk streams as ``(index, chunk)`` in arrival order; closes them all on exit."""
     if len(streams) == 1:

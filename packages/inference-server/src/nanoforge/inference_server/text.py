@@ -11,7 +11,8 @@ through the ``AsyncEngine`` and turns the token events back into ``GenerationChu
   does not offer the tools at all; "auto" parses free output; "required" and a named function CONSTRAIN the
   output to one valid call (``structured``);
 * ``response_format`` (json_schema / json_object / regex / choice) constrains decoding with a token mask per
-  step (``structured``); the request ends as soon as the structure is complete. When ``max_new_tokens`` runs
+  step (``structured``; guides are compiled in a worker thread, off the event loop, and cached); the
+  request ends as soon as the structure is complete. When ``max_new_tokens`` runs
   out first, finish_reason is "length" and the final chunk has ``incomplete=True`` (the text does not parse);
 * ``token_ids`` and ``logprobs`` stream one entry per generated token (a stop token ends the request with
   "stop" and is neither shown nor listed; it is counted in ``usage.completion_tokens``);
@@ -49,7 +50,7 @@ from nanoforge.inference_server.errors import InvalidRequest, NotFound
 from nanoforge.inference_server.lora import AdapterSet
 from nanoforge.inference_server.quant import QUANTIZERS, quantize_model
 from nanoforge.inference_server.scoring import embed_rows, score_rows
-from nanoforge.inference_server.structured import GuideProcessor, Structurer
+from nanoforge.inference_server.structured import Guide, GuideProcessor, Structurer
 from nanoforge.inference_server.types import GenerateInput, GenerationChunk, TokenLogprob, Usage
 from nanoforge.tokenizer.chat import get_template, parse_tool_calls, render_chat
 from nanoforge.tokenizer.hf import load_any_tokenizer
@@ -194,6 +195,15 @@ class ServingModel:
         if inp.tools is not None and inp.messages is None:
             raise InvalidRequest("tools need a chat request (messages), not a raw prompt")
 
+    async def _guide(self, inp: GenerateInput) -> Guide | None:
+        """The request's structured-output guide. Compiling one (a DFA over a JSON schema, seconds for a
+        big one) runs in a worker thread so the event loop keeps serving other streams meanwhile."""
+        if inp.response_format is None and inp.tool_choice in (None, "none", "auto"):
+            return self.structurer.for_request(None, inp.tools, inp.tool_choice)  # checks only, no guide
+        return await asyncio.to_thread(
+            self.structurer.for_request, inp.response_format, inp.tools, inp.tool_choice
+        )
+
     async def generate(self, inp: GenerateInput) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a request's chunks. Closing the iterator early cancels the request (its row is freed).
 
@@ -201,7 +211,7 @@ class ServingModel:
             InvalidRequest / NotFound / QueueFull / Unavailable / DeadlineExceeded (see ``errors``).
         """
         self._check(inp)
-        guide = self.structurer.for_request(inp.response_format, inp.tools, inp.tool_choice)
+        guide = await self._guide(inp)
         ids = self.prompt_ids(inp)
         opts = inp.options
         options = type(opts)(

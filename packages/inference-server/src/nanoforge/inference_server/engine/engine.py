@@ -123,7 +123,16 @@ class Engine:
         self._jobs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._counters = {"steps": 0, "decode_steps": 0, "tokens": 0, "prefill_tokens": 0, "finished": 0}
+        self._counters: dict[str, float] = {
+            "steps": 0,
+            "decode_steps": 0,
+            "decode_rows": 0,  # sum of the decode batch sizes (/ decode_steps = mean batch)
+            "tokens": 0,
+            "prefill_tokens": 0,
+            "finished": 0,
+            "prefill_seconds": 0.0,  # wall time of prefill forwards + their first-token sampling
+            "decode_seconds": 0.0,  # wall time of decode steps (forward + sampling + bookkeeping)
+        }
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
         self._ttft: deque[float] = deque(maxlen=256)
         self._last_batch = 0
@@ -347,6 +356,7 @@ class Engine:
             end = min(
                 end, (start // bs + 1) * bs
             )  # snapshots exist only at chunk ends: stop at the block end
+        t0 = time.perf_counter()
         ids = torch.tensor(prompt[start:end], dtype=torch.long, device=self.pre.lengths.device)[
             None
         ]  # (1, t)
@@ -368,18 +378,22 @@ class Engine:
             if not self._on_token(seq, draw):
                 seq.row = self.table.add(self.pre)
                 self.running.append(seq)
+        self._counters["prefill_seconds"] += time.perf_counter() - t0
         return end - start
 
     def _decode_step(self) -> None:
+        t0 = time.perf_counter()
         seqs = self.running
         idx = self.table.last_tokens_tensor([s.generated[-1] for s in seqs])  # (n, 1)
         logits = self._forward(seqs, idx, self.table.view())  # (n, V)
         draws = sample_batch(logits, [s.sampler for s in seqs], [s.generated for s in seqs])
         self._last_batch = len(seqs)
         self._counters["decode_steps"] += 1
+        self._counters["decode_rows"] += len(seqs)
         done = [s for s, d in zip(list(seqs), draws) if self._on_token(s, d)]
         for s in sorted(done, key=lambda s: s.row or 0, reverse=True):
             self._release_row(s)
+        self._counters["decode_seconds"] += time.perf_counter() - t0
 
     def _forward(self, seqs: list[Sequence], ids: torch.Tensor, state: Any) -> torch.Tensor:
         """Last-position logits (n, V) of ``seqs``' rows; the router (if any) learns each row's adapter."""

@@ -7,7 +7,9 @@ request's ``response_format`` (``{"type": "json_schema", "schema": {...}}`` | ``
 None). A forced tool call is the chat template's wrapping: the ``tool_call_start`` marker (forced token
 ids), then ``\\n{"name":"<tool>","arguments":<JSON valid for its parameters schema>}\\n`` (the DFA), then
 ``tool_call_end`` (forced ids), then a stop token. Compiled guides are kept in a small LRU keyed by the
-canonical JSON of the spec.
+canonical JSON of the spec; concurrent requests for one spec compile it once. Compiling a big schema
+takes seconds of pure CPU, so servers call ``for_request`` from a worker thread (``ServingModel`` does),
+never on their event loop.
 What it does not do: mask logits itself (``guide``), parse tool calls (``tokenizer.chat.parse_tool_calls``).
 """
 
@@ -139,12 +141,16 @@ class Structurer:
         self._index: TokenIndex | None = None
         self._cache: OrderedDict[str, Guide] = OrderedDict()
         self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}  # key -> held while one thread compiles it
+        self._index_lock = threading.Lock()
 
     @property
     def index(self) -> TokenIndex:
-        """The tokenizer's token-bytes index (built on first use)."""
+        """The tokenizer's token-bytes index (built on first use, once even when threads race)."""
         if self._index is None:
-            self._index = TokenIndex(self.tokenizer, self.vocab_size)
+            with self._index_lock:
+                if self._index is None:
+                    self._index = TokenIndex(self.tokenizer, self.vocab_size)
         return self._index
 
     def _marker_ids(self, text: str) -> list[int]:
@@ -153,17 +159,33 @@ class Structurer:
             return [specials[text]]
         return list(self.tokenizer.encode(text, allowed_special="none"))
 
-    def _get(self, key: str, make: Callable[[], Guide]) -> Guide:
+    def _cached(self, key: str) -> Guide | None:
         with self._lock:
             g = self._cache.get(key)
             if g is not None:
                 self._cache.move_to_end(key)
-                return g
-        g = make()
+            return g
+
+    def _get(self, key: str, make: Callable[[], Guide]) -> Guide:
+        """The cached guide of ``key``, else ``make()`` it; concurrent callers of one key compile it once."""
+        g = self._cached(key)
+        if g is not None:
+            return g
         with self._lock:
-            self._cache[key] = g
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # a second request for the same key waits here for the first one's result
+            g = self._cached(key)
+            if g is not None:
+                return g
+            try:
+                g = make()
+                with self._lock:
+                    self._cache[key] = g
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
         return g
 
     def response_guide(self, response_format: dict[str, Any]) -> Guide:
