@@ -48,3 +48,75 @@ def make_collection(library: Library):
                               IndexSpec(index, nlist=4, pq_m=8))  # fmt: skip
 
     return make
+
+
+# --- a REAL InferenceService with a tiny random model (for Ask) -----------------------------------------
+
+_MODEL_TEXTS = [
+    "Cats are small felines. Dogs bark at night. [1] [2] Not in the documents. " * 3,
+    "The quick brown fox jumps over the lazy dog. " * 3,
+]
+
+
+def _build_tiny_model(path: Path) -> Path:
+    """A random 2-layer GPT (width 32) with a 300-token BPE tokenizer (ChatML), as ``nanoforge serve`` reads it."""
+    import torch
+
+    from nanoforge.core_model.checkpoint import save_model
+    from nanoforge.core_model.config import ModelConfig
+    from nanoforge.core_model.model import build_model
+    from nanoforge.tokenizer.chat import CHATML_SPECIALS, add_chat_template
+    from nanoforge.tokenizer.io import save_tokenizer
+    from nanoforge.tokenizer.train import train_bpe
+
+    tok = train_bpe(texts=_MODEL_TEXTS, vocab_size=300, special_tokens=CHATML_SPECIALS, show_progress=False)
+    tok = add_chat_template(tok, "chatml")
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, d_model=32, max_seq_len=1024)
+    save_model(build_model(config), path)
+    save_tokenizer(tok, path / "tokenizer")
+    return path
+
+
+@pytest.fixture(scope="session")
+def inference_target(tmp_path_factory: pytest.TempPathFactory):
+    """``host:port`` of a ``nanoforge serve`` child process (gRPC on a free loopback port)."""
+    import subprocess
+    import sys
+    import time
+
+    base = tmp_path_factory.mktemp("rag-inference")
+    model = _build_tiny_model(base / "model")
+    log = base / "serve.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nanoforge.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+    ]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh)
+    port = None
+    end = time.monotonic() + 120
+    while port is None and time.monotonic() < end:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("grpc listening on "):
+                port = int(line.rsplit(":", 1)[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"nanoforge serve exited: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    if port is None:
+        proc.kill()
+        raise RuntimeError("nanoforge serve did not print its port within 120 s")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -128,9 +128,17 @@ def test_clear_errors(stub: pb_grpc.RetrieverServiceStub) -> None:
          "bad collection name 'Bad Name'"),
         (lambda: stub.Search(pb.SearchRequest(collection="c", query="x", options=pb.SearchOptions(
             filters=[pb.MetadataFilter(key="k", values=["v"])]))), grpc.StatusCode.INVALID_ARGUMENT, "operator must be set"),
-        (lambda: stub.Ask(pb.AskRequest(collection="c", question="why?")), grpc.StatusCode.UNIMPLEMENTED, "not implemented yet"),
-        (lambda: list(stub.AskStream(pb.AskStreamRequest(collection="c", question="why?"))), grpc.StatusCode.UNIMPLEMENTED,
-         "not implemented yet"),
+        (lambda: stub.Ask(pb.AskRequest(collection="c", question="why?")), grpc.StatusCode.INVALID_ARGUMENT,
+         "needs an InferenceService"),
+        (lambda: list(stub.AskStream(pb.AskStreamRequest(collection="c", question="why?"))), grpc.StatusCode.INVALID_ARGUMENT,
+         "needs an InferenceService"),
+        (lambda: stub.Ask(pb.AskRequest(collection="nope", question="why?")), grpc.StatusCode.NOT_FOUND,
+         "unknown collection 'nope'"),
+        (lambda: stub.Ask(pb.AskRequest(collection="c", question=" ", answer_mode=pb.ANSWER_MODE_EXTRACTIVE)),
+         grpc.StatusCode.INVALID_ARGUMENT, "question must not be empty"),
+        (lambda: stub.Ask(pb.AskRequest(collection="c", question="x", answer_mode=pb.ANSWER_MODE_EXTRACTIVE,
+                                        min_groundedness=1.5)), grpc.StatusCode.INVALID_ARGUMENT, "min_groundedness must be in [0, 1]"),
+        (lambda: stub.Stats(pb.StatsRequest(collection="nope")), grpc.StatusCode.NOT_FOUND, "unknown collection 'nope'"),
     ]  # fmt: skip
     for call, code, message in cases:
         got_code, details = _code(call)

@@ -11,8 +11,12 @@ heavy)::
     from nanoforge.retriever.dense import IndexSpec, INDEX_BUILDERS
     from nanoforge.retriever.search import MetadataFilter, Hit
 
-The gRPC service lives in ``nanoforge.retriever.service``, the CLI in ``nanoforge.retriever.cli``.
-What this package deliberately does not do yet: retrieval-augmented answers (Ask / AskStream) and Ray.
+    from nanoforge.retriever.rag import AskOptions, ask, ask_events   # grounded answers with citations
+    from nanoforge.retriever.calibrate import calibrate_collection, save_threshold
+
+The gRPC service lives in ``nanoforge.retriever.service``, the CLI in ``nanoforge.retriever.cli``, Ray
+ingest in ``nanoforge.retriever.ray_ingest`` (optional ``ray`` extra).
+What this package deliberately does not do: generate text itself (it asks an InferenceService over gRPC).
 """
 
 __all__: list[str] = []

@@ -1,9 +1,11 @@
 """``nanoforge retriever``: index files into a collection, search it, evaluate it on BEIR data, serve it.
 
-    nanoforge retriever index --collection docs --input README.md docs/ [--chunker recursive] [--embedder minilm]
+    nanoforge retriever index --collection docs --input README.md docs/ [--chunker recursive] [--embedder minilm] [--ray]
     nanoforge retriever search --collection docs --query "how do I train?" [--mode hybrid] [-k 5]
+    nanoforge retriever ask --collection docs --question "how do I train?" --inference 127.0.0.1:50051 [--json]
+    nanoforge retriever calibrate --collection docs --questions dev.jsonl   # abstention threshold -> manifest
     nanoforge retriever eval --corpus ../shared/data/scifact --queries .../queries.jsonl --qrels .../qrels/test.tsv
-    nanoforge retriever serve [--port 50052] [--embedder minilm]
+    nanoforge retriever serve [--port 50052] [--embedder minilm] [--inference 127.0.0.1:50051]
 
 Collections live under ``--root`` (default ``$NANOFORGE_RETRIEVER_ROOT`` or ``./nanoforge-collections``).
 What it deliberately does not do: anything the library does not (it only parses options and prints).
@@ -16,6 +18,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,11 +69,13 @@ def group() -> None:
     "--index", "index_kind", type=click.Choice(sorted(INDEX_BUILDERS)), default="flat", show_default=True
 )
 @click.option("--batch", type=int, default=256, show_default=True, help="Documents per atomic upsert.")
+@click.option("--ray", "use_ray", is_flag=True, help="Chunk and embed on a Ray Data actor pool (needs ray).")
+@click.option("--ray-actors", type=int, default=2, show_default=True, help="Embedder actors with --ray.")
 @root_option
 def index(
     collection: str, inputs: tuple[str, ...], chunker: str, chunk_size: int, overlap: int, chunk_tokenizer: str,
     embedder: str, embedder_url: str, embedder_model: str, embedder_key_env: str, index_kind: str, batch: int,
-    root: str | None,
+    use_ray: bool, ray_actors: int, root: str | None,
 ) -> None:  # fmt: skip
     """Load files (txt, md, html, pdf, jsonl, BEIR dir) and upsert them into a collection."""
     from nanoforge.retriever.documents import load_path
@@ -85,8 +90,26 @@ def index(
     if not docs:
         raise UserError(f"no documents found in {', '.join(inputs)}")
     written = 0
-    for i in range(0, len(docs), batch):
-        written += col.upsert(docs[i : i + batch], spec).chunks_written
+    if use_ray:
+        try:
+            from nanoforge.retriever.ray_ingest import chunk_and_embed_with_ray
+        except ImportError as err:
+            raise UserError(
+                f"--ray needs the ray extra (pip install 'nanoforge-retriever[ray]'): {err}"
+            ) from err
+        docs = col.prepare_documents(docs)
+        per_doc, vecs = chunk_and_embed_with_ray(
+            docs, col.embedder_spec, spec, col.dim, num_actors=ray_actors
+        )
+        row = 0
+        for i in range(0, len(docs), batch):
+            part = per_doc[i : i + batch]
+            n = sum(len(c) for c in part)
+            written += col.upsert_embedded(docs[i : i + batch], part, vecs[row : row + n]).chunks_written
+            row += n
+    else:
+        for i in range(0, len(docs), batch):
+            written += col.upsert(docs[i : i + batch], spec).chunks_written
     st = col.stats()
     click.echo(f"indexed {len(docs)} documents ({written} chunks) into {collection!r}: "
                f"{st['documents']} documents, {st['chunks']} chunks in total")  # fmt: skip
@@ -122,6 +145,118 @@ def search(
         else:
             snippet = " ".join(h.text.split())[:160]
             click.echo(f"{rank:2d}. {h.score:.4f} {h.chunk_id} {h.title!r}\n    {snippet}")
+    lib.close()
+
+
+def _print_answer(res: Any, as_json: bool) -> None:
+    from nanoforge.retriever.convert import ask_result_dict
+
+    data = ask_result_dict(res)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False))
+        return
+    click.echo(data["answer"])
+    if data["abstained"]:
+        click.echo(f"(abstained: {data['abstain_reason']})")
+    for c in data["citations"]:
+        snippet = " ".join(c["quote"].split())[:120]
+        click.echo(f"  [{c['marker']}] {c['chunk_id']} {c['title']!r}: {snippet}")
+    click.echo(f"support {data['support']:.3f} (threshold {data['threshold']:.3f}), "
+               f"groundedness {data['groundedness']:.3f}")  # fmt: skip
+
+
+@group.command()
+@click.option("--collection", required=True)
+@click.option("--question", required=True)
+@click.option(
+    "--inference", default="", help="InferenceService host:port (needed for --answer-mode generative)."
+)
+@click.option("--inference-token-env", default="", help="Env var holding the InferenceService bearer token.")
+@click.option("--answer-mode", type=click.Choice(["generative", "extractive"]), default="generative",
+              show_default=True)  # fmt: skip
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default="hybrid", show_default=True)
+@click.option("-k", "k", type=int, default=5, show_default=True)
+@click.option(
+    "--threshold", type=float, default=None, help="Support threshold (default: the calibrated one)."
+)
+@click.option("--min-groundedness", type=float, default=0.5, show_default=True)
+@click.option("--drop-unsupported", is_flag=True, help="Drop unsupported sentences instead of flagging them.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--max-context-tokens", type=int, default=1024, show_default=True, help="Budget for passages.")
+@click.option("--model", default="", help="InferenceService model (default: its default).")
+@click.option("--adapter", default="", help="LoRA adapter of that model (default: the base model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (with trace) as one JSON object.")
+@root_option
+def ask(
+    collection: str, question: str, inference: str, inference_token_env: str, answer_mode: str, mode: str, k: int,
+    threshold: float | None, min_groundedness: float, drop_unsupported: bool, max_new_tokens: int,
+    max_context_tokens: int, model: str, adapter: str, as_json: bool, root: str | None,
+) -> None:  # fmt: skip
+    """Answer a question from a collection with citations, or abstain ("Not in the documents.")."""
+    from nanoforge.api.inference_client import sampling_params
+    from nanoforge.retriever.library import Library
+    from nanoforge.retriever.rag import AskOptions
+    from nanoforge.retriever.rag import ask as run_ask
+
+    if answer_mode == "generative" and not inference:
+        raise UserError(
+            "--answer-mode generative needs --inference HOST:PORT (or use --answer-mode extractive)"
+        )
+    opts = AskOptions(
+        mode=mode, k=k, abstain_threshold=threshold, answer_mode=answer_mode, min_groundedness=min_groundedness,
+        drop_unsupported=drop_unsupported, model=model, adapter=adapter, max_context_tokens=max_context_tokens,
+        sampling=sampling_params(temperature=0.0, max_new_tokens=max_new_tokens),
+    )  # fmt: skip
+    lib = Library(_root(root))
+    col = lib.get(collection)
+
+    async def run() -> Any:
+        gen = None
+        if inference:
+            from nanoforge.retriever.remote_gen import GrpcGenerator
+
+            gen = GrpcGenerator(
+                inference, token=os.environ.get(inference_token_env) if inference_token_env else None
+            )
+        try:
+            return await run_ask(col, question, opts, gen)
+        finally:
+            if gen is not None:
+                await gen.close()
+
+    try:
+        _print_answer(asyncio.run(run()), as_json)
+    finally:
+        lib.close()
+
+
+@group.command()
+@click.option("--collection", required=True)
+@click.option(
+    "--questions", required=True, help='JSONL of {"question", "answerable": bool} (or BEIR queries).'
+)
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default="hybrid", show_default=True)
+@click.option("-k", "k", type=int, default=5, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the threshold without writing it to the manifest.")
+@root_option
+def calibrate(collection: str, questions: str, mode: str, k: int, dry_run: bool, root: str | None) -> None:
+    """Pick the abstention threshold that maximises abstention F1 on labelled questions; save it."""
+    from nanoforge.retriever.calibrate import calibrate_collection, load_labelled, save_threshold
+    from nanoforge.retriever.library import Library
+    from nanoforge.retriever.rag import AskOptions
+
+    labelled = load_labelled(questions)
+    lib = Library(_root(root))
+    col = lib.get(collection)
+    cal = calibrate_collection(col, labelled, AskOptions(mode=mode, k=k))
+    click.echo(f"threshold {cal.threshold:.4f}: abstention F1 {cal.f1:.3f} (precision {cal.precision:.3f}, "
+               f"recall {cal.recall:.3f}, accuracy {cal.accuracy:.3f}) on {cal.n_answerable} answerable + "
+               f"{cal.n_unanswerable} unanswerable questions")  # fmt: skip
+    if not dry_run:
+        save_threshold(col, cal, source=str(questions))
+        click.echo(
+            f"saved to {col.path / 'manifest.json'} (the default of ask / Ask when no threshold is given)"
+        )
     lib.close()
 
 
@@ -178,12 +313,17 @@ def eval_cmd(
     "--index", "index_kind", type=click.Choice(sorted(INDEX_BUILDERS)), default="flat", show_default=True
 )
 @click.option("--token-env", default="", help="Env var holding the bearer token clients must send.")
+@click.option(
+    "--inference", default="", help="InferenceService host:port for generative Ask (default: none)."
+)
+@click.option("--inference-token-env", default="", help="Env var holding the InferenceService bearer token.")
 @click.option("--tls-cert", default=None, help="PEM certificate (with --tls-key).")
 @click.option("--tls-key", default=None, help="PEM private key.")
 @root_option
 def serve(
     host: str, port: int, embedder: str, embedder_url: str, embedder_model: str, embedder_key_env: str,
-    index_kind: str, token_env: str, tls_cert: str | None, tls_key: str | None, root: str | None,
+    index_kind: str, token_env: str, inference: str, inference_token_env: str, tls_cert: str | None,
+    tls_key: str | None, root: str | None,
 ) -> None:  # fmt: skip
     """Run the RetrieverService until SIGINT/SIGTERM (then drain and stop)."""
     from nanoforge.retriever.library import Library
@@ -197,6 +337,8 @@ def serve(
         running = await start_server(
             Library(_root(root)), _spec(embedder, embedder_url, embedder_model, embedder_key_env), host=host,
             port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, default_index=IndexSpec(index_kind),
+            inference=inference,
+            inference_token=os.environ.get(inference_token_env) if inference_token_env else None,
         )  # fmt: skip
         click.echo(f"RetrieverService listening on {host}:{running.port} (root {_root(root)})", err=True)
         stop = asyncio.Event()

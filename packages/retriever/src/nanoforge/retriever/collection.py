@@ -298,13 +298,7 @@ class Collection:
         Raises:
             ValueError: for an empty batch, an empty or oversize document, or a bad chunker spec.
         """
-        if not docs:
-            raise ValueError("upsert needs at least one document")
-        docs = [
-            d if d.id else Document(content_id(d.text), d.text, d.title, d.source, d.metadata) for d in docs
-        ]
-        for d in docs:
-            validate_document(d)
+        docs = self.prepare_documents(docs)
         spec = chunker or self.chunker_spec
         chunk_fn = build_chunker(spec, embed=self.embedder.embed)
         per_doc: list[list[Chunk]] = [chunk_fn(d.text) for d in docs]
@@ -314,6 +308,39 @@ class Collection:
             for c in chunks
         ]
         vecs = self.embedder.embed(texts) if texts else np.zeros((0, self.dim), np.float32)  # (N, D)
+        return self.upsert_embedded(docs, per_doc, vecs)
+
+    @staticmethod
+    def prepare_documents(docs: Sequence[Document]) -> list[Document]:
+        """Give id-less documents their content id and validate them all.
+
+        Raises:
+            ValueError: for an empty batch or an empty or oversize document.
+        """
+        if not docs:
+            raise ValueError("upsert needs at least one document")
+        docs = [
+            d if d.id else Document(content_id(d.text), d.text, d.title, d.source, d.metadata) for d in docs
+        ]
+        for d in docs:
+            validate_document(d)
+        return docs
+
+    def upsert_embedded(
+        self, docs: Sequence[Document], per_doc: Sequence[Sequence[Chunk]], vecs: np.ndarray
+    ) -> UpsertResult:
+        """Commit documents whose chunks and chunk vectors (N, D) were computed elsewhere (e.g. on Ray).
+
+        ``vecs`` rows follow ``per_doc`` flattened in order; each row embeds ``embed_text(title, context,
+        text)`` of its chunk with this collection's embedder.
+        """
+        texts = [
+            embed_text(d.title, c.context, c.text)
+            for d, chunks in zip(docs, per_doc, strict=True)
+            for c in chunks
+        ]
+        if vecs.shape != (len(texts), self.dim):
+            raise ValueError(f"expected {len(texts)} vectors of dimension {self.dim}, got shape {vecs.shape}")
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")

@@ -1,14 +1,14 @@
-"""RetrieverService over gRPC (port 50052): collections, upsert, delete and dense / BM25 / hybrid search.
+"""RetrieverService over gRPC (port 50052): collections, upsert, delete, search, Ask / AskStream, Stats.
 
-The servicer only converts protos to Python and back and calls ``Library`` / ``Collection``; errors are
-exceptions that the shared ``ErrorMappingInterceptor`` (nanoforge.api.server) maps to status codes:
-``ValueError`` -> INVALID_ARGUMENT (empty query, k out of range, oversize or empty document, bad filter),
-``CollectionNotFoundError`` -> NOT_FOUND, ``CollectionExistsError`` -> ALREADY_EXISTS, and
-``NotImplementedError`` -> UNIMPLEMENTED for Ask / AskStream (retrieval-augmented answers are a later task).
+The servicer only converts protos to Python and back and calls ``Library`` / ``Collection`` / ``rag``;
+errors are exceptions that the shared ``ErrorMappingInterceptor`` (nanoforge.api.server) maps to status
+codes: ``ValueError`` -> INVALID_ARGUMENT (empty query, k out of range, oversize or empty document, bad
+filter), ``CollectionNotFoundError`` -> NOT_FOUND, ``CollectionExistsError`` -> ALREADY_EXISTS, and
+``remote_gen.InferenceError`` -> the InferenceService's own code (UNAVAILABLE when it cannot be reached).
 Blocking work (embedding, FAISS, SQLite) runs in worker threads so the event loop keeps serving.
 
-What it deliberately does not do: generate answers, or import the InferenceService (embeddings come from
-the configured embedder, which may be that service over gRPC).
+What it deliberately does not do: import the InferenceService (generation goes through
+``remote_gen.GrpcGenerator``; embeddings come from the configured embedder, which may be that service).
 """
 
 from __future__ import annotations
@@ -29,37 +29,42 @@ from nanoforge.api.retriever.v1 import retriever_pb2 as pb
 from nanoforge.api.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from nanoforge.retriever.chunking import ChunkerSpec
 from nanoforge.retriever.collection import Collection
+from nanoforge.retriever.convert import (
+    ask_options,
+    ask_usage,
+    citations_pb,
+    filters_of,
+    hit_pb,
+    search_options,
+    sentences_pb,
+    trace_pb,
+)
 from nanoforge.retriever.dense import IndexSpec
 from nanoforge.retriever.documents import Document
 from nanoforge.retriever.embedders import EMBEDDERS, EmbedderSpec
 from nanoforge.retriever.library import Library
-from nanoforge.retriever.search import MetadataFilter
+from nanoforge.retriever.rag import MANIFEST_KEY, AskResult, Done, Generator, Withdraw, ask_events
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 DEFAULT_PORT = 50052
-MAX_TOP_K = 100
 
 #: Proto chunking enum -> our strategy name (UNSPECIFIED = the collection's default).
-STRATEGY_OF: dict[int, str] = {
+STRATEGY_OF: dict[pb.ChunkingStrategy.ValueType, str] = {
     pb.CHUNKING_STRATEGY_FIXED_TOKENS: "fixed",
     pb.CHUNKING_STRATEGY_SENTENCES: "sentences",
     pb.CHUNKING_STRATEGY_RECURSIVE: "recursive",
     pb.CHUNKING_STRATEGY_HEADINGS: "markdown",
+    pb.CHUNKING_STRATEGY_SEMANTIC: "semantic",
+    pb.CHUNKING_STRATEGY_PARENT_CHILD: "parent_child",
 }
-ENUM_OF: dict[str, int] = {v: k for k, v in STRATEGY_OF.items()}
-MODE_OF: dict[int, str] = {
-    pb.SEARCH_MODE_UNSPECIFIED: "hybrid",
-    pb.SEARCH_MODE_DENSE: "dense",
-    pb.SEARCH_MODE_BM25: "bm25",
-    pb.SEARCH_MODE_HYBRID: "hybrid",
+ENUM_OF: dict[str, pb.ChunkingStrategy.ValueType] = {v: k for k, v in STRATEGY_OF.items()}
+INDEX_OF: dict[pb.IndexKind.ValueType, str] = {
+    pb.INDEX_KIND_FLAT: "flat",
+    pb.INDEX_KIND_HNSW: "hnsw",
+    pb.INDEX_KIND_IVF: "ivf",
+    pb.INDEX_KIND_IVF_PQ: "ivfpq",
 }
-OP_OF: dict[int, str] = {
-    pb.FILTER_OPERATOR_EQ: "eq",
-    pb.FILTER_OPERATOR_NE: "ne",
-    pb.FILTER_OPERATOR_IN: "in",
-    pb.FILTER_OPERATOR_NOT_IN: "not_in",
-    pb.FILTER_OPERATOR_PREFIX: "prefix",
-}
+INDEX_ENUM_OF: dict[str, pb.IndexKind.ValueType] = {v: k for k, v in INDEX_OF.items()}
 
 
 def _usage(t0: float, prompt_tokens: int = 0) -> common_pb2.Usage:
@@ -90,15 +95,6 @@ def _chunking(opts: pb.ChunkingOptions, base: ChunkerSpec) -> ChunkerSpec:
     return spec
 
 
-def _filters(items: Any) -> list[MetadataFilter]:
-    out = []
-    for f in items:
-        if f.operator not in OP_OF:
-            raise ValueError(f"filter on {f.key!r}: operator must be set (EQ, NE, IN, NOT_IN or PREFIX)")
-        out.append(MetadataFilter(f.key, OP_OF[f.operator], tuple(f.values)))
-    return out
-
-
 def collection_info(col: Collection) -> pb.CollectionInfo:
     """The ``CollectionInfo`` of an open collection."""
     st = col.stats()
@@ -117,7 +113,24 @@ def collection_info(col: Collection) -> pb.CollectionInfo:
         num_chunks=st["chunks"],
         created_at=_ts(st["created_at"]),
         updated_at=_ts(st["updated_at"]),
+        index_kind=INDEX_ENUM_OF.get(col.index_spec.kind, pb.INDEX_KIND_UNSPECIFIED),
     )
+
+
+class Counters:
+    """Per-collection request counters for Stats (event-loop thread only, so no lock)."""
+
+    def __init__(self) -> None:
+        self.search: dict[str, list[float]] = {}  # name -> [count, total ms, max ms]
+        self.ask: dict[str, list[float]] = {}  # name -> [count, total ms, abstained]
+
+    def add_search(self, name: str, ms: float) -> None:
+        c = self.search.setdefault(name, [0, 0.0, 0.0])
+        c[0], c[1], c[2] = c[0] + 1, c[1] + ms, max(c[2], ms)
+
+    def add_ask(self, name: str, ms: float, abstained: bool) -> None:
+        c = self.ask.setdefault(name, [0, 0.0, 0])
+        c[0], c[1], c[2] = c[0] + 1, c[1] + ms, c[2] + int(abstained)
 
 
 class SearchBatcher:
@@ -178,6 +191,7 @@ class RetrieverServicer(pb_grpc.RetrieverServiceServicer):
         default_embedder: spec for collections created without an explicit local embedder name.
         default_index: FAISS index kind for new collections (the proto has no field for it).
         default_chunker: chunking when a request leaves it unset.
+        generator: the InferenceService client for generative Ask (None: only extractive answers).
     """
 
     def __init__(
@@ -186,12 +200,15 @@ class RetrieverServicer(pb_grpc.RetrieverServiceServicer):
         default_embedder: EmbedderSpec,
         default_index: IndexSpec | None = None,
         default_chunker: ChunkerSpec | None = None,
+        generator: Generator | None = None,
     ) -> None:
         self.library = library
         self.default_embedder = default_embedder
         self.default_index = default_index or IndexSpec()
         self.default_chunker = default_chunker or ChunkerSpec()
         self.batcher = SearchBatcher()
+        self.counters = Counters()
+        self.generator = generator
 
     def _embedder_spec(self, model: str) -> EmbedderSpec:
         if not model:
@@ -207,9 +224,14 @@ class RetrieverServicer(pb_grpc.RetrieverServiceServicer):
     ) -> pb.CreateCollectionResponse:
         t0 = time.perf_counter()
         spec = _chunking(request.default_chunking, self.default_chunker)
+        index = self.default_index
+        if request.index_kind:
+            if request.index_kind not in INDEX_OF:
+                raise ValueError(f"unknown index_kind {request.index_kind}; known: {sorted(INDEX_OF)}")
+            index = replace(index, kind=INDEX_OF[request.index_kind])
         col = await asyncio.to_thread(
             self.library.create, request.name, self._embedder_spec(request.embedding_model), spec,
-            self.default_index, request.description, request.exist_ok,
+            index, request.description, request.exist_ok,
         )  # fmt: skip
         return pb.CreateCollectionResponse(collection=collection_info(col), usage=_usage(t0))
 
@@ -244,61 +266,84 @@ class RetrieverServicer(pb_grpc.RetrieverServiceServicer):
         t0 = time.perf_counter()
         col = self.library.get(request.collection)
         n_docs, n_chunks = await asyncio.to_thread(
-            col.delete, list(request.document_ids), _filters(request.filters)
+            col.delete, list(request.document_ids), filters_of(request.filters)
         )
         return pb.DeleteResponse(documents_deleted=n_docs, chunks_deleted=n_chunks, usage=_usage(t0))
 
     async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
         t0 = time.perf_counter()
         col = self.library.get(request.collection)
-        opts = request.options
         if not request.query.strip():
             raise ValueError("query must not be empty")
-        k = opts.top_k or 5
-        if not 1 <= k <= MAX_TOP_K:
-            raise ValueError(f"top_k must be in [1, {MAX_TOP_K}] (0: 5), got {opts.top_k}")
-        mode = MODE_OF.get(opts.mode)
-        if mode is None:
-            raise ValueError(f"unknown search mode {opts.mode}; known: {sorted(MODE_OF)}")
-        filters = _filters(opts.filters)
-        alpha = opts.hybrid_alpha if opts.HasField("hybrid_alpha") else 0.5
-        min_score = opts.min_score if opts.HasField("min_score") else None
+        o = search_options(request.options)
+        mode, k, filters, alpha, min_score = o["mode"], o["k"], o["filters"], o["alpha"], o["min_score"]
         key = (id(col), mode, k, tuple(filters), alpha, min_score)
         hits = await self.batcher.submit(
             key,
             request.query,
             lambda qs: col.search_many(qs, mode=mode, k=k, filters=filters, alpha=alpha, min_score=min_score),
         )
-        out = [
-            pb.SearchHit(
-                chunk_id=h.chunk_id,
-                document_id=h.document_id,
-                text=h.text,
-                score=h.score,
-                dense_score=h.dense_score,
-                bm25_score=h.bm25_score,
-                title=h.title,
-                source=h.source,
-                metadata=h.metadata,
-                start_char=h.start,
-                end_char=h.end,
-            )
-            for h in hits
-        ]
+        out = [hit_pb(h) for h in hits]
+        self.counters.add_search(col.name, (time.perf_counter() - t0) * 1000)
         tokens = len(request.query.split()) if mode != "bm25" else 0
         return pb.SearchResponse(hits=out, usage=_usage(t0, tokens))
 
     async def Ask(self, request: pb.AskRequest, context: Any) -> pb.AskResponse:
-        raise NotImplementedError("Ask (retrieval-augmented answers) is not implemented yet; use Search")
+        t0 = time.perf_counter()
+        col = self.library.get(request.collection)
+        res: AskResult | None = None
+        async for ev in ask_events(col, request.question, ask_options(request), self.generator):
+            if isinstance(ev, Done):
+                res = ev.result
+        assert res is not None
+        self.counters.add_ask(col.name, (time.perf_counter() - t0) * 1000, res.abstained)
+        return pb.AskResponse(
+            answer=res.answer, citations=citations_pb(res), abstained=res.abstained,
+            abstain_reason=res.abstain_reason, finish_reason=res.finish_reason,
+            trace=trace_pb(res) if request.include_trace else None, usage=ask_usage(t0, res),
+            groundedness=res.groundedness, sentences=sentences_pb(res, answered_only=True),
+        )  # fmt: skip
 
     async def AskStream(
         self, request: pb.AskStreamRequest, context: Any
     ) -> AsyncIterator[pb.AskStreamResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "AskStream (retrieval-augmented answers) is not implemented yet; use Search",
-        )
-        yield pb.AskStreamResponse()  # pragma: no cover - abort raises
+        t0 = time.perf_counter()
+        col = self.library.get(request.collection)
+        withdrawn = False
+        async for ev in ask_events(col, request.question, ask_options(request), self.generator):
+            if isinstance(ev, Withdraw):
+                withdrawn = True
+            elif isinstance(ev, Done):
+                res = ev.result
+                self.counters.add_ask(col.name, (time.perf_counter() - t0) * 1000, res.abstained)
+                yield pb.AskStreamResponse(
+                    citations=citations_pb(res), abstained=res.abstained, abstain_reason=res.abstain_reason,
+                    finish_reason=res.finish_reason, trace=trace_pb(res) if request.include_trace else None,
+                    usage=ask_usage(t0, res), groundedness=res.groundedness,
+                    sentences=sentences_pb(res, answered_only=True), withdrawn=withdrawn,
+                )  # fmt: skip
+            else:
+                yield pb.AskStreamResponse(text=ev.text, withdrawn=withdrawn)
+                withdrawn = False
+
+    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+        t0 = time.perf_counter()
+        names = [request.collection] if request.collection else self.library.names()
+        out = []
+        for name in names:
+            col = self.library.get(name)
+            n, total, top = self.counters.search.get(col.name, [0, 0.0, 0.0])
+            na, ask_total, abst = self.counters.ask.get(col.name, [0, 0.0, 0])
+            cal = col.manifest.get(MANIFEST_KEY, {}).get("support_threshold")
+            out.append(
+                pb.CollectionStats(
+                    collection=collection_info(col), search_requests=int(n),
+                    search_mean_ms=total / n if n else 0.0, search_max_ms=top, ask_requests=int(na),
+                    ask_abstained=int(abst), ask_mean_ms=ask_total / na if na else 0.0,
+                    calibrated_threshold=cal, faiss_vectors=col.dense.ntotal,
+                )
+            )  # fmt: skip
+        return pb.StatsResponse(collections=out, usage=_usage(t0))
 
 
 class RunningServer:
@@ -329,14 +374,24 @@ async def start_server(
     tls_key: str | None = None,
     default_index: IndexSpec | None = None,
     max_message_bytes: int = 64 << 20,
+    inference: str = "",
+    inference_token: str | None = None,
 ) -> RunningServer:
-    """Build, bind and start the server (port 0: any free port; see ``RunningServer.port``)."""
+    """Build, bind and start the server (port 0: any free port; see ``RunningServer.port``).
+
+    ``inference`` is the InferenceService address (host:port) for generative Ask; "" disables it.
+    """
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if token:
         interceptors.append(srv.BearerAuthInterceptor(token))
     interceptors.append(srv.ErrorMappingInterceptor())
     server = srv.create_server(interceptors, max_message_bytes=max_message_bytes)
-    servicer = RetrieverServicer(library, default_embedder, default_index)
+    generator = None
+    if inference:
+        from nanoforge.retriever.remote_gen import GrpcGenerator
+
+        generator = GrpcGenerator(inference, token=inference_token)
+    servicer = RetrieverServicer(library, default_embedder, default_index, generator=generator)
     pb_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
     health = srv.add_health_and_reflection(server, [SERVICE_NAME])
     creds = srv.server_credentials(tls_cert, tls_key) if tls_cert and tls_key else None
