@@ -4,16 +4,21 @@
     nanoforge recommender eval --run runs/rec [--split test] [--negatives 100] [--plot reliability.png]
     nanoforge recommender recommend --run runs/rec --history events.jsonl [--user u0001] [-k 10] [--keep-seen]
     nanoforge recommender simulate --out events.jsonl [--users 50]
+    nanoforge recommender serve --run runs/rec [--port 50053] [--auth-token-file F] [--inference ADDR]
+    nanoforge recommender ads --product "..." --audience people.jsonl --inference ADDR [-n 4] [--json]
+    nanoforge recommender ads-train --out adconv/ [--impressions clicks.jsonl] [--n 30000]
 
 What it does: parses options, shows progress, prints tables / JSON lines; bad input becomes one
 ``error: ...`` line through the umbrella command. What it does not do: any modelling itself.
-(``serve`` and ``ads`` come later, with the gRPC service.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,7 +71,7 @@ def train_cmd(config: str, out_dir: Path, resume: bool, overrides: tuple[str, ..
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def eval_cmd(run_dir: Path, split: str, negatives: int, seed: int, plot: Path | None, as_json: bool) -> None:
     """Evaluate the model and the baselines on the run's own split (all protocols, clearly labelled)."""
-    from nanoforge.recommender.baselines import BASELINES
+    from nanoforge.recommender.baselines import BASELINES, Scorer
     from nanoforge.recommender.config import load_rec_config
     from nanoforge.recommender.evaluate import (
         ModelScorer,
@@ -88,9 +93,10 @@ def eval_cmd(run_dir: Path, split: str, negatives: int, seed: int, plot: Path | 
     cases = prep.split.test if split == "test" else prep.split.valid
     neg = sample_negatives(cases, vocab, negatives, seed)
     report: dict[str, object] = {"split": split, "protocol": prep.split.protocol, "negatives": negatives}
-    scorers = {"model": ModelScorer(model, vocab)}
+    scorers: dict[str, Scorer] = {"model": ModelScorer(model, vocab)}
     scorers.update({name: build(prep.split.train, vocab) for name, build in BASELINES.items()})
-    report["ranking"] = {n: evaluate_ranking(s, cases, vocab, neg) for n, s in scorers.items()}
+    ranking = {n: evaluate_ranking(s, cases, vocab, neg) for n, s in scorers.items()}
+    report["ranking"] = ranking
     held_out = {c.user: [*c.history, c.target] for c in cases}
     y, p = conversion_predictions(model, vocab, held_out, cfg.data.horizon)
     if 0 < y.sum() < len(y):
@@ -102,7 +108,7 @@ def eval_cmd(run_dir: Path, split: str, negatives: int, seed: int, plot: Path | 
         return
     click.echo(f"next-item, {prep.split.protocol} split, {split}: {len(cases)} cases")
     click.echo(f"{'scorer':<12}{'protocol':<16}{'HR@10':>8}{'NDCG@10':>9}{'MRR':>8}")
-    for name, res in report["ranking"].items():  # type: ignore[union-attr]
+    for name, res in ranking.items():
         for proto in ("full", "full_excl_seen", "sampled100"):
             m = res[proto]
             label = proto if proto != "sampled100" else f"sampled{negatives}"
@@ -154,3 +160,141 @@ def simulate_cmd(out_path: Path, users: int, items: int, seed: int) -> None:
     events, _ = simulate(SimConfig(n_users=users, n_items=items, seed=seed))
     write_jsonl(events, out_path)
     click.echo(f"{out_path}: {len(events)} events, {users} users")
+
+
+def _read_token(path: Path | None, option: str) -> str | None:
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    if not token or any(c.isspace() for c in token):
+        raise UserError(f"{option} {path}: the file must hold one token without spaces")
+    return token
+
+
+@group.command("serve")
+@click.option("--run", "runs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Run or model dir (repeatable; the first is the default model, named after its dir).")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=50053, show_default=True, help="0: any free port (printed).")
+@click.option("--auth-token-file", type=click.Path(path_type=Path), default=None,
+              help="File holding the bearer token clients must send (default: no auth).")  # fmt: skip
+@click.option("--inference", default=None, help="InferenceService host:port for Explain's generated text.")
+@click.option("--inference-token-file", type=click.Path(path_type=Path), default=None,
+              help="File holding the InferenceService's bearer token.")  # fmt: skip
+@click.option("--tls-cert", default=None, help="PEM certificate (with --tls-key).")
+@click.option("--tls-key", default=None, help="PEM private key.")
+def serve_cmd(
+    runs: tuple[Path, ...], host: str, port: int, auth_token_file: Path | None, inference: str | None,
+    inference_token_file: Path | None, tls_cert: str | None, tls_key: str | None,
+) -> None:  # fmt: skip
+    """Run the RecommenderService until SIGINT/SIGTERM (then drain and stop)."""
+    from nanoforge.recommender.scoring import ServedModel
+    from nanoforge.recommender.service import start_server
+
+    if bool(tls_cert) != bool(tls_key):
+        raise UserError("--tls-cert and --tls-key go together; give both or neither")
+    token = _read_token(auth_token_file, "--auth-token-file")
+    inference_token = _read_token(inference_token_file, "--inference-token-file")
+    models = [ServedModel.load(r) for r in runs]
+
+    async def run() -> None:
+        running = await start_server(
+            models, host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key,
+            inference_target=inference, inference_token=inference_token,
+        )  # fmt: skip
+        names = ", ".join(m.name for m in models)
+        click.echo(f"RecommenderService listening on {host}:{running.port} (models: {names})", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await running.stop(grace=10.0)
+
+    asyncio.run(run())
+
+
+def _conversion_model(path: Path | None, impressions: Path | None, n: int, seed: int) -> Any:
+    from nanoforge.recommender.adconv import AdConversionModel, fit_conversion_model
+
+    if path is not None:
+        return AdConversionModel.load(path)
+    return fit_conversion_model(impressions, n=n, seed=seed)
+
+
+def _model_line(meta: dict[str, Any]) -> str:
+    m = meta.get("held_out", {})
+    rule = f", the rule itself {m['rule_auc']:.3f}" if "rule_auc" in m else ""
+    return (
+        f"conversion model: trained on {meta.get('n_train', '?')} {meta.get('trained_on', '?')}; "
+        f"held-out AUC {m.get('auc', float('nan')):.3f}{rule} over {meta.get('n_held_out', '?')} impressions"
+    )
+
+
+@group.command("ads-train")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@click.option("--impressions", type=click.Path(path_type=Path), default=None,
+              help="Real click logs (JSONL/CSV: headline, body, call_to_action, converted, profile fields). "
+                   "Default: simulated impressions.")  # fmt: skip
+@click.option("--n", "n", default=30_000, show_default=True, type=int, help="Simulated impressions.")
+@click.option("--feature-set", default="copy_x_audience", show_default=True,
+              type=click.Choice(["copy_x_audience", "copy_only", "audience_only"]),
+              help="copy_x_audience is the model; the other two are ablations.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=int)
+def ads_train_cmd(out_dir: Path, impressions: Path | None, n: int, feature_set: str, seed: int) -> None:
+    """Train the text-aware ad conversion model and print its held-out AUC."""
+    from nanoforge.recommender.adconv import fit_conversion_model
+
+    if n <= 0:
+        raise UserError(f"--n {n} must be a positive number of impressions")
+    model = fit_conversion_model(impressions, n=n, seed=seed, feature_set=feature_set)
+    model.save(out_dir)
+    click.echo(f"{out_dir}: {_model_line(model.meta)}")
+
+
+@group.command("ads")
+@click.option("--product", required=True, help="What the ad sells (1..500 characters).")
+@click.option("--audience", required=True, type=click.Path(path_type=Path),
+              help="Viewer profiles, JSONL or CSV (e.g. interest, age, device, price_sensitive).")  # fmt: skip
+@click.option("--inference", required=True, help="InferenceService host:port that writes the copy.")
+@click.option("--inference-token-file", type=click.Path(path_type=Path), default=None)
+@click.option("--text-model", default="", help="Served model name (default: the service's default).")
+@click.option("-n", "n", default=4, show_default=True, type=int, help="Ad candidates to generate (1..16).")
+@click.option("--conversion-model", type=click.Path(path_type=Path), default=None,
+              help="Dir from `ads-train` (default: train one now on simulated impressions).")  # fmt: skip
+@click.option("--max-new-tokens", default=200, show_default=True, type=int,
+              help="Token budget per ad (>= 100; sets the JSON strings' maximum lengths).")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def ads_cmd(
+    product: str, audience: Path, inference: str, inference_token_file: Path | None, text_model: str, n: int,
+    conversion_model: Path | None, max_new_tokens: int, seed: int, as_json: bool,
+) -> None:  # fmt: skip
+    """Generate ad copies, predict each one's conversion for the audience, rank them, explain the best."""
+    from nanoforge.recommender.ads import describe, run_studio
+    from nanoforge.recommender.adsim import read_audience
+    from nanoforge.recommender.textgen import InferenceTextGenerator
+
+    people = read_audience(audience)
+    model = _conversion_model(conversion_model, None, 30_000, seed)
+    if not as_json:
+        click.echo(_model_line(model.meta), err=True)
+    gen = InferenceTextGenerator(
+        inference, token=_read_token(inference_token_file, "--inference-token-file"), model=text_model
+    )
+    try:
+        res = run_studio(product, people, gen, model, n=n, seed=seed, max_new_tokens=max_new_tokens)
+    finally:
+        gen.close()
+    if as_json:
+        click.echo(json.dumps(res.to_dict()))
+        return
+    click.echo(f"{len(res.candidates)} ads for {res.product!r}, ranked by predicted conversion over "
+               f"{res.audience_size} viewers ({len(res.rejected)} samples rejected):")  # fmt: skip
+    for c in res.candidates:
+        click.echo(f"  #{c.rank}  {c.conversion:.3f}  {c.copy.headline!r} / {c.copy.body!r} / "
+                   f"{c.copy.call_to_action!r}")  # fmt: skip
+    click.echo("why #1 (logit contributions, averaged over the audience):")
+    for f, v in res.top_features:
+        click.echo(f"  {v:+.3f}  {describe(f)}")
+    click.echo(f"rationale: {res.rationale or '(none: ' + res.rationale_note + ')'}")

@@ -4,7 +4,7 @@ What it does: ``recommend`` encodes the history once, ranks the known items (opt
 already in the history), returns ``{"items", "scores", "conversion", "source"}``; unknown items in the history
 map to hashed buckets (they still inform the model, they are never recommended); an empty history falls
 back to popularity (the vocabulary is ordered by training frequency) and says so in ``source``.
-What it does not do: serve over gRPC (later: RecommenderService) or filter by business rules.
+What it does not do: serve over gRPC (``service``, on ``scoring.ServedModel``) or filter by business rules.
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def train(
                 break
     finally:
         log.close()
-    save_rec_model(model, vocab, run / "model")
+    save_rec_model(model, vocab, run / "model", horizon=cfg.data.horizon)
     result.update(step=step, train_seconds=elapsed)
     return result
 
@@ -209,8 +209,14 @@ def train(
 # ------------------------------------------------------------------------------------------ model dir
 
 
-def save_rec_model(model: SeqRec, vocab: ItemVocab, directory: str | Path) -> Path:
-    """Write ``rec_model.json`` (format, version, SeqRecConfig), ``model.safetensors`` and ``vocab.json``."""
+def save_rec_model(
+    model: SeqRec, vocab: ItemVocab, directory: str | Path, *, horizon: int | None = None
+) -> Path:
+    """Write ``rec_model.json`` (format, version, SeqRecConfig, conversion horizon), weights and vocab.
+
+    ``horizon`` is the number of events the conversion head was trained to look ahead (``data.horizon``);
+    ``load_rec_horizon`` reads it back (servers need it to say what the head predicts).
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -218,9 +224,21 @@ def save_rec_model(model: SeqRec, vocab: ItemVocab, directory: str | Path) -> Pa
     vocab.save(out / "vocab.json")
     atomic_write_json(
         out / "rec_model.json",
-        {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": model.rec.to_dict()},
+        {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": model.rec.to_dict(), "horizon": horizon},
     )
     return out
+
+
+def load_rec_horizon(directory: str | Path) -> int | None:
+    """The conversion horizon (events) of a model dir or run dir; None when it was not recorded."""
+    d = Path(directory)
+    if (d / "model" / "rec_model.json").is_file():
+        d = d / "model"
+    try:
+        horizon = json.loads((d / "rec_model.json").read_text()).get("horizon")
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{d / 'rec_model.json'}: cannot read a recommender model config ({e})") from e
+    return int(horizon) if isinstance(horizon, int) and horizon > 0 else None
 
 
 def load_rec_model(directory: str | Path) -> tuple[SeqRec, ItemVocab]:

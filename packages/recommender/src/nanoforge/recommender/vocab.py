@@ -8,6 +8,7 @@ string, stable across runs and machines). Id layout::
     1 .. n_buckets         hashed buckets for unseen / rare items
     n_buckets + 1 ..       known items, most frequent first (ties by item string)
 
+The training count of each known item is kept too (``counts``: the popularity fallback of the service).
 ``gap_bucket`` turns the seconds since the previous event into a log2 bucket. ``tokenize`` maps a user's
 event list to three aligned id arrays (item, event type, gap). The vocab saves to / loads from JSON
 (format ``nanoforge-rec-vocab`` v1).
@@ -52,10 +53,13 @@ class ItemVocab:
     items: tuple[str, ...]  # known items in id order (id = n_buckets + 1 + index)
     n_buckets: int = 16
     min_count: int = 1
+    counts: tuple[int, ...] = ()  # training events per known item (same order); () when not recorded
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_buckets, int) or self.n_buckets <= 0:
             raise ValueError(f"n_buckets={self.n_buckets!r} must be a positive int")
+        if self.counts and len(self.counts) != len(self.items):
+            raise ValueError(f"counts has {len(self.counts)} entries for {len(self.items)} items")
         object.__setattr__(self, "_index", {it: i for i, it in enumerate(self.items)})
 
     @classmethod
@@ -65,7 +69,7 @@ class ItemVocab:
             raise ValueError(f"min_count={min_count!r} must be a positive int")
         counts = Counter(e.item for e in events)
         kept = sorted((it for it, n in counts.items() if n >= min_count), key=lambda it: (-counts[it], it))
-        return cls(tuple(kept), n_buckets, min_count)
+        return cls(tuple(kept), n_buckets, min_count, tuple(counts[it] for it in kept))
 
     @property
     def first_item_id(self) -> int:
@@ -109,13 +113,15 @@ class ItemVocab:
             "n_buckets": self.n_buckets,
             "min_count": self.min_count,
             "items": list(self.items),
+            "counts": list(self.counts),
         }
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "vocab") -> ItemVocab:
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
             raise ValueError(f"{source}: not a {FORMAT!r} v{VERSION} file")
-        return cls(tuple(data["items"]), int(data["n_buckets"]), int(data["min_count"]))
+        counts = tuple(int(c) for c in data.get("counts", ()))  # absent in files written before counts
+        return cls(tuple(data["items"]), int(data["n_buckets"]), int(data["min_count"]), counts)
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(Path(path), self.to_dict())
