@@ -30,7 +30,9 @@ CORPUS = [
 
 
 def build_tiny_model(path: Path) -> Path:
-    """A random 2-layer GPT with a 300-token BPE tokenizer (ChatML specials), saved as ``nanoforge serve`` reads it."""
+    """A random 2-layer GPT with a 300-token BPE tokenizer (ChatML specials), saved as ``nanoforge serve`` reads it.
+
+    The context is 2048 tokens because judge prompts (rubric + task + response) plus a verdict need ~700."""
     import torch
 
     from nanoforge.core_model.checkpoint import save_model
@@ -43,7 +45,7 @@ def build_tiny_model(path: Path) -> Path:
     tok = train_bpe(texts=CORPUS, vocab_size=300, special_tokens=CHATML_SPECIALS, show_progress=False)
     tok = add_chat_template(tok, "chatml")
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, d_model=32, max_seq_len=512)
+    config = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, d_model=32, max_seq_len=2048)
     save_model(build_model(config), path)
     save_tokenizer(tok, path / "tokenizer")
     return path

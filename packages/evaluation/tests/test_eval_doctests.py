@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["metrics", "prompting", "human"])
+@pytest.mark.parametrize("module", ["metrics", "prompting", "human", "judge", "report"])
 def test_module_doctests(module: str) -> None:
     mod = importlib.import_module(f"nanoforge.evaluation.{module}")
     result = doctest.testmod(mod)

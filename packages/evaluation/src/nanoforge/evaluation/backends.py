@@ -9,6 +9,8 @@ Registry :data:`BACKENDS`:
   when present, otherwise TTFT is the client-observed latency of the non-streamed reply.
 - ``anthropic:BASE_URL`` Anthropic's Messages API through the official ``anthropic`` SDK (``base_url`` lets
   tests point it at a loopback stub); the key comes from ``ANTHROPIC_API_KEY`` (a dummy is used if unset).
+- ``retriever:HOST:PORT`` / ``recommender:HOST:PORT`` the RetrieverService / RecommenderService
+  (``services.py``), for retrieval, rag and ranking tasks.
 - ``local:MODEL_DIR`` a local model: starts ``nanoforge serve --model MODEL_DIR --port 0 --no-http`` as a
   SUBPROCESS (so this package never imports the server or torch), then talks gRPC to it; the child's
   measured CPU seconds (``/proc``) are what the cost table prices.
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 import grpc
 
 from nanoforge.api.inference_client import AsyncInferenceClient
+from nanoforge.evaluation.services import RecommenderBackend, RetrieverBackend
 
 
 @dataclass
@@ -312,7 +315,7 @@ class AnthropicBackend:
         await self.client.close()
 
 
-def _proc_cpu_seconds(pid: int) -> float | None:
+def proc_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a live process from ``/proc/PID/stat`` (Linux), else None."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -355,7 +358,7 @@ class LocalBackend(GrpcBackend):
         log.close()
         port = await self._wait_port(self.proc, timeout=120.0)
         self.client = AsyncInferenceClient(f"127.0.0.1:{port}", timeout=self._timeout)
-        self._cpu0 = _proc_cpu_seconds(self.proc.pid) or 0.0
+        self._cpu0 = proc_cpu_seconds(self.proc.pid) or 0.0
 
     async def _wait_port(self, proc: subprocess.Popen[bytes], timeout: float) -> int:
         end = time.monotonic() + timeout
@@ -371,7 +374,7 @@ class LocalBackend(GrpcBackend):
         raise OSError(f"local backend: nanoforge serve did not report a port within {timeout:g} s")
 
     def cpu_seconds(self) -> float | None:
-        now = _proc_cpu_seconds(self.proc.pid) if self.proc is not None else None
+        now = proc_cpu_seconds(self.proc.pid) if self.proc is not None else None
         return None if now is None else now - self._cpu0
 
     async def aclose(self) -> None:
@@ -413,6 +416,8 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
     "openai": OpenAIBackend,
     "anthropic": AnthropicBackend,
     "local": LocalBackend,
+    "retriever": RetrieverBackend,  # services.py: Search / Ask (retrieval and rag tasks)
+    "recommender": RecommenderBackend,  # services.py: Recommend (ranking tasks)
 }
 
 

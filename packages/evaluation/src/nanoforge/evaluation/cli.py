@@ -3,6 +3,7 @@
     nanoforge eval run task.yaml --backend grpc:127.0.0.1:50051 --out runs/eval
     nanoforge eval run task.yaml --backend ours=grpc:127.0.0.1:50051 --backend api=openai:http://h/v1
     nanoforge eval run task.yaml --backend local:models/tiny --baseline old/report.json --fail-on-regression
+    nanoforge eval run qrels.yaml --backend retriever:127.0.0.1:50052      # retrieval / rag task types
     nanoforge eval compare a/report.json b/report.json
     nanoforge eval export-human a/report.json --out pairs.csv --pair-with b/report.json --key key.json
     nanoforge eval import-human pairs.csv --report a/report.json --key key.json
@@ -26,6 +27,8 @@ from nanoforge.evaluation.backends import Backend, build_backend, grpc_embed_fn,
 from nanoforge.evaluation.cache import ResponseCache
 from nanoforge.evaluation.cost import parse_prices
 from nanoforge.evaluation.harness import Record, RunOptions, build_report, run_system, tokenizer_fingerprint
+from nanoforge.evaluation.human import judge_human_agreement
+from nanoforge.evaluation.judge import run_judge
 from nanoforge.evaluation.report import (
     compare_reports,
     find_regressions,
@@ -80,7 +83,7 @@ async def _run_all(
     multiple=True,
     default=["grpc:127.0.0.1:50051"],
     show_default=True,
-    help="[NAME=]KIND:TARGET; KIND is grpc, openai, anthropic or local. Repeat to compare systems.",
+    help="[NAME=]KIND:TARGET; KIND is grpc, openai, anthropic, local, retriever or recommender. Repeat to compare.",
 )
 @click.option("--model", default="", help="Model name sent to the backends.")
 @click.option("--token", default=None, envvar="NANOFORGE_TOKEN", help="Bearer token / API key.")
@@ -127,10 +130,12 @@ async def _run_all(
 @click.option(
     "--fail-on-regression", is_flag=True, help="Exit 1 when a metric falls outside the baseline interval."
 )
+@click.option("--judge-backend", default=None, help="KIND:TARGET overriding the task's judge.backend.")
+@click.option("--no-judge", is_flag=True, help="Skip the task's LLM judge.")
 def run_cmd(task_file: Path, backends: tuple[str, ...], model: str, token: str | None, out_dir: Path,
             cache_path: Path | None, no_cache: bool, concurrency: int, retries: int, seed: int, resamples: int,
             limit: int | None, prices_file: Path | None, fewshot_embed: str | None, baseline: Path | None,
-            fail_on_regression: bool) -> None:  # fmt: skip
+            fail_on_regression: bool, judge_backend: str | None, no_judge: bool) -> None:  # fmt: skip
     """Run TASK_FILE against every --backend and write report.json / .md / .html into --out."""
     if fail_on_regression and baseline is None:
         raise UserError("--fail-on-regression needs --baseline REPORT.json")
@@ -157,7 +162,17 @@ def run_cmd(task_file: Path, backends: tuple[str, ...], model: str, token: str |
         kind, target = parse_spec(_split_name(spec)[1])
         if kind == "local":
             tok = tokenizer_fingerprint(target)
-    report = build_report(task, systems, opts, tokenizer=tok)
+    judge_section = None
+    if task.judge is not None and not no_judge:
+        if judge_backend:
+            task.judge.backend = judge_backend
+            parse_spec(judge_backend)
+        judge_section = asyncio.run(
+            run_judge(
+                task.judge, {n: recs for n, (_, recs) in systems.items()}, n_resamples=resamples, seed=seed
+            )
+        )
+    report = build_report(task, systems, opts, tokenizer=tok, judge=judge_section)
     paths = write_report(report, out_dir)
     click.echo(render_summary(report).rstrip())
     click.echo(f"\nwrote {paths['json']}, {paths['md']}, {paths['html']}")
@@ -259,11 +274,23 @@ def export_human_cmd(report_file: Path, out_file: Path, pair_with: Path | None, 
     help="The key file of a blind-pairs export.",
 )
 @click.option("--name", default=None, help="Name of this annotation round (default: the ratings file stem).")
-def import_human_cmd(ratings_file: Path, report_file: Path, key_file: Path | None, name: str | None) -> None:
+@click.option(
+    "--system", default=None, help="System the single ratings are of (default: the report's first)."
+)
+def import_human_cmd(
+    ratings_file: Path, report_file: Path, key_file: Path | None, name: str | None, system: str | None
+) -> None:
     """Summarise filled annotations (agreement included) and add them to the report."""
     key = json.loads(key_file.read_text()) if key_file else None
     summary = human.import_ratings(ratings_file, key=key)
     report = load_report(report_file)
+    if report.get("judge"):
+        try:
+            summary["judge_agreement"] = judge_human_agreement(
+                report["judge"], summary, system or next(iter(report["systems"]))
+            )
+        except ValueError as exc:
+            click.echo(f"no judge-vs-human agreement: {exc}", err=True)
     report.setdefault("human", {})[name or ratings_file.stem] = summary
     write_report(report, report_file.parent, stem=report_file.stem)
     agree = summary["agreement"]
@@ -271,6 +298,12 @@ def import_human_cmd(ratings_file: Path, report_file: Path, key_file: Path | Non
         f"{summary['n_ratings']} ratings from {len(agree['raters'])} raters; "
         f"Cohen's kappa {agree.get('cohen_kappa', 'n/a')}, Fleiss' kappa {agree.get('fleiss_kappa', 'n/a')}"
     )
+    if "judge_agreement" in summary:
+        ja = summary["judge_agreement"]
+        click.echo(
+            f"judge vs human on {ja['n']} items: Cohen's kappa {ja.get('cohen_kappa', 'n/a')}, "
+            f"Spearman {ja.get('spearman', 'n/a')}"
+        )
 
 
 @group.command("guard")

@@ -7,7 +7,10 @@ response cache. A record that still fails keeps its error string; the run goes o
 tokens and cost are kept; the metrics of the successful records get seeded bootstrap intervals.
 
 Task types (registry :data:`RUNNERS`): ``generate`` (text out, optional answer extraction), ``choice``
-(log-likelihood classifier over the Score RPC), ``perplexity`` (log-likelihood of the target).
+(log-likelihood classifier over the Score RPC), ``perplexity`` (log-likelihood of the target), and the
+service-backed ones (``services.py``): ``retrieval`` (Search -> ranked document ids vs the record's
+relevant ids), ``rag`` (Ask -> answer, contexts, abstention), ``ranking`` (Recommend -> next items vs the
+held-out one).
 
 What it deliberately does not do: render reports (``report.py``) or parse the command line (``cli.py``).
 """
@@ -88,6 +91,10 @@ class Record:
     logprob: float | None = None
     num_tokens: int = 0
     num_bytes: int = 0
+    retrieved: list[str] | None = None
+    relevant: dict[str, float] | None = None
+    contexts: list[str] | None = None
+    abstained: bool | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -206,10 +213,96 @@ async def _run_perplexity(task: Task, row: Mapping[str, Any], rec: Record, calle
     rec.logprob, rec.num_tokens, rec.num_bytes = float(lp), int(n), len(rec.target.encode("utf-8"))
 
 
+_SERVICE_OF = {"search": "retriever", "ask": "retriever", "recommend": "recommender"}
+
+
+def _service(backend: Backend, method: str, task: Task) -> Any:
+    if not hasattr(backend, method):
+        spec = f"{_SERVICE_OF[method]}:HOST:PORT"
+        raise ValueError(f"a {task.type} task needs a backend with {method}() ({spec}), got {backend.kind}")
+    return backend
+
+
+def relevance(value: Any) -> dict[str, float]:
+    """A record's relevant ids: ``["d1", "d2"]`` (grade 1 each), ``{"d1": 2, "d2": 1}``, or one id.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if isinstance(value, str | int):
+        return {str(value): 1.0}
+    if isinstance(value, list):
+        return {str(d): 1.0 for d in value}
+    if isinstance(value, Mapping):
+        return {str(d): float(g) for d, g in value.items()}
+    raise ValueError(f"bad relevant ids {value!r}; accepted: an id, a list of ids, or {{id: grade}}")
+
+
+async def _run_retrieval(task: Task, row: Mapping[str, Any], rec: Record, caller: _Caller) -> None:
+    b = _service(caller.backend, "search", task)
+    svc = task.service
+    args = {
+        "collection": svc["collection"],
+        "mode": svc.get("mode", "hybrid"),
+        "top_k": int(svc.get("top_k", 10)),
+    }
+    reply = await caller.call(
+        "search", rec.prompt, args, lambda: b.search(args["collection"], rec.prompt, mode=args["mode"],
+                                                      top_k=args["top_k"]), rec
+    )  # fmt: skip
+    _fill_usage(rec, reply)
+    rec.retrieved = list(reply["document_ids"])
+    rec.relevant = relevance(row[task.relevant_field])
+    rec.output = rec.prediction = " ".join(rec.retrieved)
+    rec.target = " ".join(rec.relevant)
+
+
+async def _run_rag(task: Task, row: Mapping[str, Any], rec: Record, caller: _Caller) -> None:
+    b = _service(caller.backend, "ask", task)
+    svc = task.service
+    args = {
+        "collection": svc["collection"], "mode": svc.get("mode", "hybrid"), "top_k": int(svc.get("top_k", 5)),
+        "params": dict(task.sampling), "options": dict(svc.get("options") or {}),
+    }  # fmt: skip
+    reply = await caller.call(
+        "ask", rec.prompt, args, lambda: b.ask(args["collection"], rec.prompt, mode=args["mode"],
+                                               top_k=args["top_k"], params=args["params"],
+                                               options=args["options"]), rec
+    )  # fmt: skip
+    _fill_usage(rec, reply)
+    rec.output = rec.prediction = reply["text"]
+    rec.contexts, rec.abstained = list(reply["contexts"]), bool(reply["abstained"])
+    rec.retrieved = list(reply["cited_document_ids"])
+    if task.relevant_field in row:
+        rec.relevant = relevance(row[task.relevant_field])
+    if reply.get("server_groundedness") is not None:
+        rec.notes["server_groundedness"] = reply["server_groundedness"]
+
+
+async def _run_ranking(task: Task, row: Mapping[str, Any], rec: Record, caller: _Caller) -> None:
+    b = _service(caller.backend, "recommend", task)
+    svc = task.service
+    user = str(row.get(task.user_field, rec.id))
+    history = list(row[task.history_field])
+    args = {"user": user, "history": history, "top_k": int(svc.get("top_k", 10)),
+            "exclude_seen": bool(svc.get("exclude_seen", False))}  # fmt: skip
+    reply = await caller.call(
+        "recommend", user, args, lambda: b.recommend(user, history, top_k=args["top_k"],
+                                                     exclude_seen=args["exclude_seen"]), rec
+    )  # fmt: skip
+    _fill_usage(rec, reply)
+    rec.retrieved = list(reply["item_ids"])
+    rec.relevant = relevance(row[task.target_field])
+    rec.output = rec.prediction = " ".join(rec.retrieved)
+
+
 RUNNERS: dict[str, Callable[[Task, Mapping[str, Any], Record, _Caller], Awaitable[None]]] = {
     "generate": _run_generate,
     "choice": _run_choice,
     "perplexity": _run_perplexity,
+    "retrieval": _run_retrieval,
+    "rag": _run_rag,
+    "ranking": _run_ranking,
 }
 
 
@@ -225,6 +318,8 @@ def prepare(
         if task.json_schema is not None and task.json_instruction:
             prompt = f"{prompt}\n{json_instruction(task.json_schema)}\n"
         rec = Record(id=task.record_id(i, row), prompt=prompt, target=str(row.get(task.target_field, "")))
+        if task.contexts_field:
+            rec.contexts = [str(c) for c in row[task.contexts_field]]
         out.append((dict(row), rec))
     return out
 
@@ -241,10 +336,19 @@ def record_view(rec: Mapping[str, Any], extra: Mapping[str, Any]) -> RecordView:
         num_tokens=rec["num_tokens"],
         num_bytes=rec["num_bytes"],
         extra=extra,
+        retrieved=rec.get("retrieved"),
+        relevant=rec.get("relevant"),
+        contexts=rec.get("contexts"),
+        abstained=rec.get("abstained"),
     )
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated quantile ``q`` in [0, 1] of ``values``; None for no values.
+
+    >>> percentile([10.0, 20.0, 30.0, 40.0], 0.5)
+    25.0
+    """
     if not values:
         return None
     ordered = sorted(values)
@@ -253,11 +357,21 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def metric_extra(task: Task) -> dict[str, Any]:
+    """Task settings metrics read: the JSON schema, the cut-off ``k`` of ranking metrics."""
+    extra: dict[str, Any] = {"k": int(task.service.get("k", task.service.get("top_k", 10)))}
+    if task.json_schema is not None:
+        extra["json_schema"] = task.json_schema
+    if "grounding_threshold" in task.service:
+        extra["grounding_threshold"] = float(task.service["grounding_threshold"])
+    return extra
+
+
 def summarise(task: Task, records: Sequence[Record], opts: RunOptions) -> dict[str, Any]:
     """Metric intervals, latency percentiles, token and cost totals of one system's records."""
     ok = [r for r in records if r.error is None]
     metrics: dict[str, Any] = {}
-    extra = {"json_schema": task.json_schema} if task.json_schema is not None else {}
+    extra = metric_extra(task)
     for name in task.metrics:
         metric = get_metric(name)
         stats = [metric.record(record_view(asdict(r), extra)) for r in ok]
@@ -275,11 +389,12 @@ def summarise(task: Task, records: Sequence[Record], opts: RunOptions) -> dict[s
         "n_failed": len(records) - len(ok),
         "cache_hits": sum(r.cached for r in records),
         "latency_ms": {
-            "p50": _percentile(lat, 0.5),
-            "p95": _percentile(lat, 0.95),
+            "p50": percentile(lat, 0.5),
+            "p95": percentile(lat, 0.95),
+            "p99": percentile(lat, 0.99),
             "mean": statistics.fmean(lat) if lat else None,
         },
-        "ttft_ms": {"p50": _percentile(ttft, 0.5), "mean": statistics.fmean(ttft) if ttft else None},
+        "ttft_ms": {"p50": percentile(ttft, 0.5), "mean": statistics.fmean(ttft) if ttft else None},
         "tokens": {
             "prompt": sum(r.prompt_tokens for r in ok),
             "completion": sum(r.completion_tokens for r in ok),
@@ -370,8 +485,9 @@ def build_report(
     opts: RunOptions,
     *,
     tokenizer: Mapping[str, Any] | None = None,
+    judge: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report: task, manifest, and per system its summary and records."""
+    """The JSON report: task, manifest, per system its summary and records, and the judge section if any."""
     out_systems = {}
     for name, (backend, records) in systems.items():
         models = sorted({r.notes.get("model", "") for r in records} - {""})
@@ -401,7 +517,9 @@ def build_report(
         "python": platform.python_version(),
         "packages": package_versions(),
     }
-    return {
+    if judge is not None:
+        manifest["judge"] = {k: judge.get(k) for k in ("mode", "backend", "model", "rubric")}
+    report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
         "task": {
@@ -410,7 +528,11 @@ def build_report(
             "metrics": task.metrics,
             "n_records": len(task.records),
             "json_schema": task.json_schema,
+            "metric_extra": metric_extra(task),
         },
         "manifest": manifest,
         "systems": out_systems,
     }
+    if judge is not None:
+        report["judge"] = dict(judge)
+    return report

@@ -10,6 +10,9 @@ plus Cohen's kappa (two raters) and Fleiss' kappa (any fixed number of raters pe
     >>> round(cohen_kappa(["y"] * 25 + ["n"] * 25, ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15), 3)
     0.4
 
+Judges vs humans (:func:`judge_human_agreement`): Cohen's kappa of an LLM judge's labels (rounded scores or
+pairwise winners) against the raters', and Spearman's rank correlation of the scores.
+
 What it deliberately does not do: host an annotation UI, weight kappas, or handle a varying number of
 raters per item in Fleiss' kappa (those items are reported and left out).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Mapping, Sequence
@@ -162,8 +166,9 @@ def import_ratings(path: Path, *, key: Mapping[str, Any] | None = None) -> dict[
     """Summarise a filled annotation file; with ``key`` (from :func:`export_pairs`) it is read as pairs.
 
     Returns:
-        ``{"kind": "single", "mean_rating", "n", "agreement"}`` or
-        ``{"kind": "pairs", "wins": {system: share}, "ties": share, "n", "agreement"}``.
+        ``{"kind": "single", "mean_rating", "n", "agreement", "by_item"}`` or
+        ``{"kind": "pairs", "wins": {system: share}, "ties": share, "n", "agreement", "by_item"}``;
+        ``by_item`` maps item id -> rater -> rating (single) or preferred system name / ``tie`` (pairs).
 
     Raises:
         ValueError: on a missing column, a non-numeric rating, or a preference outside "1", "2", "tie".
@@ -190,7 +195,11 @@ def import_ratings(path: Path, *, key: Mapping[str, Any] | None = None) -> dict[
             values = [float(v) for labels in by_item.values() for v in labels.values()]
         except ValueError as exc:
             raise ValueError(f"{path}: ratings must be numbers ({exc})") from None
-        summary.update(kind="single", mean_rating=sum(values) / len(values) if values else None)
+        summary.update(
+            kind="single",
+            mean_rating=sum(values) / len(values) if values else None,
+            by_item={item: dict(labels) for item, labels in by_item.items()},
+        )
         return summary
     order = key["order"]
     wins: Counter[str] = Counter()
@@ -208,5 +217,90 @@ def import_ratings(path: Path, *, key: Mapping[str, Any] | None = None) -> dict[
         kind="pairs",
         wins={name: wins[name] / total for name in key["systems"]},
         ties=ties / total,
+        # Unblinded: rater -> the preferred system's name or "tie" (what judge agreement compares with).
+        by_item={
+            item: {r: p if p == "tie" else order[item][int(p) - 1] for r, p in labels.items()}
+            for item, labels in by_item.items()
+        },
     )
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- LLM judges
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when either side is constant.
+
+    >>> round(spearman([1, 2, 3, 4], [10, 20, 30, 40]), 6)
+    1.0
+    >>> round(spearman([1, 2, 3], [3, 2, 1]), 6)
+    -1.0
+    >>> round(spearman([1, 2, 3, 4], [1, 3, 2, 4]), 6)  # one swap: 1 - 6 * 2 / (4 * 15)
+    0.8
+    """
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"spearman needs two equal lists of >= 2 values, got {len(x)} and {len(y)}")
+
+    def ranks(v: Sequence[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2 + 1
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    vy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (vx * vy) if vx and vy else math.nan
+
+
+def _mean_score(value: Mapping[str, Any]) -> float:
+    return sum(float(v["score"]) for v in value.values()) / len(value)
+
+
+def _majority(labels: Mapping[str, str]) -> str:
+    counts = Counter(labels.values()).most_common()
+    return counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else "tie"
+
+
+def judge_human_agreement(judge: Mapping[str, Any], human: Mapping[str, Any], system: str) -> dict[str, Any]:
+    """Agreement of a report's ``judge`` section (``judge.run_judge``) with one imported human round.
+
+    Rubric judge vs single ratings of ``system``: Cohen's kappa of round(judge overall score) vs the raters'
+    mean rating rounded, and Spearman of the scores. Pairwise judge vs blind-pair preferences: Cohen's kappa
+    of the winners (system name or tie; the raters' majority, a split is a tie).
+
+    Raises:
+        ValueError: when the kinds do not match or the human summary has no per-item labels.
+    """
+    by_item = human.get("by_item")
+    if not by_item:
+        raise ValueError("the human round has no per-item labels (re-import it with this version)")
+    if judge["mode"] == "rubric" and human["kind"] == "single":
+        recs = judge["systems"][system]["records"]
+        ids = [i for i in by_item if i in recs and recs[i]["scores"] is not None]
+        j = [_mean_score(recs[i]["scores"]) for i in ids]
+        h = [sum(float(v) for v in by_item[i].values()) / len(by_item[i]) for i in ids]
+        out: dict[str, Any] = {"n": len(ids), "system": system}
+        if ids:
+            out["cohen_kappa"] = cohen_kappa([round(v) for v in j], [round(v) for v in h])
+        if len(ids) >= 2:
+            out["spearman"] = spearman(j, h)
+        return out
+    if judge["mode"] == "pairwise" and human["kind"] == "pairs":
+        recs = judge["pairs"]["records"]
+        ids = [i for i in by_item if i in recs and recs[i]["winner"] is not None]
+        out = {"n": len(ids)}
+        if ids:
+            out["cohen_kappa"] = cohen_kappa(
+                [recs[i]["winner"] for i in ids], [_majority(by_item[i]) for i in ids]
+            )
+        return out
+    raise ValueError(f"cannot compare a {judge['mode']} judge with {human['kind']} human ratings")

@@ -14,8 +14,16 @@ bits per byte keep (log-prob, tokens, bytes) and pool them, as the definitions r
     >>> rouge_l("the cat sat on the mat", "the cat on the mat")
     0.9090909090909091
 
-What it deliberately does not do: retrieval / ranking / groundedness metrics (later), LLM judges
-(``judges.py``, another module), or any I/O.
+Retrieval and ranking metrics (recall@k, MRR, nDCG@k, hit rate@k; ``k`` comes from the task) read the
+ranked ids a service returned and the record's graded relevant ids; groundedness and faithfulness read an
+answer and the contexts it was grounded on, offline (no service needed).
+
+    >>> ndcg_at_k(["d3", "d1"], {"d1": 1.0}, 2)  # the relevant doc at rank 2: 1 / log2(3)
+    0.6309297535714575
+    >>> groundedness("Paris is in France [1]. It has 90 million people [1].", ["Paris is a city in France."])
+    0.5
+
+What it deliberately does not do: LLM judges (``judge.py``), or any I/O.
 """
 
 from __future__ import annotations
@@ -45,7 +53,11 @@ class RecordView:
         logprob: summed log-probability of the target (perplexity tasks), or None.
         num_tokens: tokens scored for ``logprob``.
         num_bytes: UTF-8 bytes of the scored text.
-        extra: task settings a metric may need, e.g. ``{"json_schema": {...}}``.
+        extra: task settings a metric may need, e.g. ``{"json_schema": {...}}`` or ``{"k": 10}``.
+        retrieved: ranked ids a retriever / recommender returned (retrieval, rag, ranking tasks), or None.
+        relevant: graded relevant ids of the record (``{id: grade > 0}``), or None.
+        contexts: the texts an answer was grounded on (citation marker i -> contexts[i - 1]), or None.
+        abstained: whether a RAG system declined to answer, or None.
     """
 
     prediction: str = ""
@@ -57,6 +69,10 @@ class RecordView:
     num_tokens: int = 0
     num_bytes: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    retrieved: Sequence[str] | None = None
+    relevant: Mapping[str, float] | None = None
+    contexts: Sequence[str] | None = None
+    abstained: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -141,11 +157,13 @@ def json_valid(text: str) -> float:
 
 
 _INVALID = object()
+#: What :func:`parse_json_output` returns for text that is not JSON (compare with ``is``).
+INVALID_JSON = _INVALID
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
 def parse_json_output(text: str) -> Any:
-    """The JSON value in a model output, or the module's ``_INVALID`` sentinel."""
+    """The JSON value in a model output, or the :data:`INVALID_JSON` sentinel."""
     body = text.strip()
     fenced = _FENCE.match(body)
     if fenced:
@@ -203,6 +221,107 @@ def bits_per_byte(stats: Sequence[tuple[float, int, int]]) -> float:
     return -sum(s[0] for s in stats) / (math.log(2) * n_bytes) if n_bytes else math.nan
 
 
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN (records a metric does not apply to); NaN when none are left."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+# ---------------------------------------------------------------------------------------------- ranking
+def recall_at_k(retrieved: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
+    """Share of the relevant ids found in the top ``k``.
+
+    >>> recall_at_k(["a", "x", "b"], {"a": 1, "b": 1}, 2)
+    0.5
+    """
+    rel = {d for d, g in relevant.items() if g > 0}
+    return len(rel & set(retrieved[:k])) / len(rel) if rel else math.nan
+
+
+def hit_rate_at_k(retrieved: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
+    """1.0 when any relevant id is in the top ``k`` (HR@k of next-item recommendation)."""
+    return float(any(relevant.get(d, 0) > 0 for d in retrieved[:k]))
+
+
+def reciprocal_rank(retrieved: Sequence[str], relevant: Mapping[str, float]) -> float:
+    """1 / rank of the first relevant id (0 when none was returned); its mean is MRR."""
+    for i, d in enumerate(retrieved, 1):
+        if relevant.get(d, 0) > 0:
+            return 1.0 / i
+    return 0.0
+
+
+def ndcg_at_k(retrieved: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
+    """Normalised DCG with gain 2^grade - 1 and discount 1 / log2(rank + 1)."""
+    dcg = sum((2 ** relevant.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(retrieved[:k]))
+    ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
+    idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg else math.nan
+
+
+def _ranked(v: RecordView) -> tuple[Sequence[str], Mapping[str, float]]:
+    if v.retrieved is None or v.relevant is None:
+        raise ValueError(
+            "retrieval / ranking metrics need a retrieval, rag or ranking task with relevant ids"
+        )
+    return v.retrieved, v.relevant
+
+
+def _k(v: RecordView) -> int:
+    return int(v.extra.get("k", 10))
+
+
+# ---------------------------------------------------------------------------------------------- grounding
+def _sentence_supports(answer: str, contexts: Sequence[str]) -> list[tuple[float, str]]:
+    from nanoforge.evaluation.guardrails.grounding import content_words, sentence_support, split_sentences
+
+    out = []
+    for a, b in split_sentences(answer):
+        if content_words(answer[a:b]):
+            out.append(sentence_support(answer[a:b], contexts))
+    return out
+
+
+def groundedness(answer: str, contexts: Sequence[str], threshold: float = 0.6) -> float:
+    """Share of the answer's sentences its contexts support: content-word coverage >= ``threshold`` by
+    the cited contexts (``[n]`` markers; all contexts without one) and every stated number present.
+    NaN for an answer without content words (nothing to check). See ``guardrails.grounding``."""
+    supports = _sentence_supports(answer, contexts)
+    if not supports:
+        return math.nan
+    return sum(cov >= threshold and not why for cov, why in supports) / len(supports)
+
+
+def faithfulness(answer: str, contexts: Sequence[str]) -> float:
+    """Mean content-word coverage of the answer's sentences by their contexts (a soft groundedness)."""
+    supports = _sentence_supports(answer, contexts)
+    return sum(cov for cov, _ in supports) / len(supports) if supports else math.nan
+
+
+def _grounded_view(v: RecordView) -> tuple[str, Sequence[str]] | None:
+    if v.contexts is None:
+        raise ValueError(
+            "groundedness / faithfulness need contexts (a rag task, or contexts_field in the data)"
+        )
+    return None if v.abstained else (v.raw_output, v.contexts)
+
+
+def _groundedness_of(v: RecordView) -> float:
+    gv = _grounded_view(v)
+    return math.nan if gv is None else groundedness(*gv, float(v.extra.get("grounding_threshold", 0.6)))
+
+
+def _faithfulness_of(v: RecordView) -> float:
+    gv = _grounded_view(v)
+    return math.nan if gv is None else faithfulness(*gv)
+
+
+def _abstained(v: RecordView) -> float:
+    if v.abstained is None:
+        raise ValueError("abstention_rate needs a rag task")
+    return float(v.abstained)
+
+
 def _score_triple(v: RecordView) -> tuple[float, int, int]:
     if v.logprob is None:
         raise ValueError("perplexity / bits_per_byte need a scored record (task type 'perplexity')")
@@ -243,6 +362,33 @@ METRICS: dict[str, Metric] = {
             True,
             "output validates against the task's JSON Schema",
         ),
+        Metric(
+            "recall_at_k", lambda v: recall_at_k(*_ranked(v), _k(v)), nanmean, True, "relevant found in top k"
+        ),
+        Metric(
+            "hit_rate_at_k",
+            lambda v: hit_rate_at_k(*_ranked(v), _k(v)),
+            mean,
+            True,
+            "HR@k: any relevant in top k",
+        ),
+        Metric("mrr", lambda v: reciprocal_rank(*_ranked(v)), mean, True, "mean reciprocal rank"),
+        Metric("ndcg_at_k", lambda v: ndcg_at_k(*_ranked(v), _k(v)), nanmean, True, "nDCG@k, gain 2^g - 1"),
+        Metric(
+            "groundedness",
+            _groundedness_of,
+            nanmean,
+            True,
+            "share of answer sentences supported by their contexts (abstentions left out)",
+        ),
+        Metric(
+            "faithfulness",
+            _faithfulness_of,
+            nanmean,
+            True,
+            "mean content-word coverage of answer sentences by contexts",
+        ),
+        Metric("abstention_rate", _abstained, mean, False, "share of questions a RAG system declined"),
     ]
 }
 

@@ -50,7 +50,8 @@ def headline(report: Mapping[str, Any]) -> str:
 def pareto_front(points: Sequence[tuple[float, float, float]]) -> list[int]:
     """Indices of points not dominated on (cost low, latency low, quality high).
 
-    ``[(1, 1, 0.5), (2, 2, 0.4), (2, 1, 0.9)] -> [0, 2]``
+    >>> pareto_front([(1, 1, 0.5), (2, 2, 0.4), (2, 1, 0.9)])
+    [0, 2]
     """
     front = []
     for i, (c, lat, q) in enumerate(points):
@@ -205,6 +206,43 @@ def _human_lines(report: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _judge_lines(report: Mapping[str, Any]) -> list[str]:
+    judge = report.get("judge")
+    if not judge:
+        return []
+    lines = ["## LLM judge", "", f"Judge `{judge['backend']}` ({judge.get('model') or 'default model'}), "
+             f"{judge['mode']} mode, schema-constrained verdicts.", ""]  # fmt: skip
+    if judge["mode"] == "rubric":
+        crits = judge["rubric"]
+        head = ["system", "overall", *crits, "valid verdicts"]
+        rows = []
+        for name, s in judge["systems"].items():
+            cells = [
+                f"{_fmt(s['overall']['value'], 3)} [{_fmt(s['overall']['low'], 3)}, {_fmt(s['overall']['high'], 3)}]"
+            ]
+            cells += [_fmt(s["criteria"][c]["value"], 3) for c in crits]
+            rows.append([name, *cells, f"{s['n_valid']} / {s['n']}"])
+        lines += [_md_table(head, rows), ""]
+    else:
+        p = judge["pairs"]
+        wins = ", ".join(f"{k}: {_fmt(v, 3)}" for k, v in p["wins"].items())
+        lines += [
+            f"- {p['a']} vs {p['b']} on {p['n']} items ({p['n_valid']} valid pairs, each judged in both orders): "
+            f"wins {wins}; ties {_fmt(p['ties'], 3)}",
+            f"- position-inconsistent pairs (resolved to tie): {p['position_inconsistent']} "
+            f"(position-bias rate {_fmt(p['position_bias_rate'], 3)})",
+            "",
+        ]
+    for round_name, h in (report.get("human") or {}).items():
+        agree = h.get("judge_agreement")
+        if agree:
+            lines.append(
+                f"- judge vs human round **{round_name}** ({agree['n']} items): Cohen's kappa "
+                f"{_fmt(agree.get('cohen_kappa'), 3)}, Spearman {_fmt(agree.get('spearman'), 3)}"
+            )
+    return [*lines, ""]
+
+
 def _failures(report: Mapping[str, Any], limit: int = 5) -> list[str]:
     lines = []
     for name, s in report["systems"].items():
@@ -235,7 +273,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     lines += [render_summary(report)]
-    lines += _failures(report) + _human_lines(report)
+    lines += _judge_lines(report) + _failures(report) + _human_lines(report)
     lines += [
         "## Reproducibility manifest",
         "",
@@ -269,10 +307,29 @@ def render_html(report: Mapping[str, Any], pngs: Mapping[str, str] | None = None
         parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
         parts.append("</table>")
+    pts = tradeoff_points(report)
+    if len(pts) > 1:
+        front = [pts[i][0] for i in pareto_front([(c, lat, q) for _, c, lat, q in pts])]
+        parts.append(
+            f"<p><b>Pareto front</b> on ({esc(headline(report))} high, cost low, p50 latency low): "
+            f"{esc(', '.join(front))}</p>"
+        )
     for key, title in (("tradeoff", "Quality vs cost vs latency"), ("metrics", "Metrics")):
         png = pngs.get(key)
         if png:
             parts.append(f"<h2>{title}</h2><img alt='{key}' src='data:image/png;base64,{png}'>")
+    judge_block = _judge_lines(report)
+    if judge_block:
+        parts.append(f"<h2>LLM judge</h2><p>{esc(judge_block[2])}</p>")
+        table = [line for line in judge_block if line.startswith("|")]
+        if table:
+            cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+            parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in cells[0]) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in cells[2:]]
+            parts.append("</table>")
+        bullets = [line for line in judge_block if line.startswith("- ")]
+        if bullets:
+            parts.append("<ul>" + "".join(f"<li>{esc(b[2:])}</li>" for b in bullets) + "</ul>")
     for block in (_failures(report), _human_lines(report)):
         if block:
             parts.append(f"<h2>{esc(block[0][3:])}</h2><ul>")
@@ -323,7 +380,7 @@ def compare_reports(
     ok_a = {r["id"]: r for r in sa["records"] if r["error"] is None}
     ok_b = {r["id"]: r for r in sb["records"] if r["error"] is None}
     shared = [i for i in ok_a if i in ok_b]
-    extra = {"json_schema": report_a["task"].get("json_schema")}
+    extra = report_a["task"].get("metric_extra") or {"json_schema": report_a["task"].get("json_schema")}
     result: dict[str, Any] = {"a": name_a, "b": name_b, "n_shared": len(shared), "metrics": {}}
     for metric_name in [m for m in report_a["task"]["metrics"] if m in report_b["task"]["metrics"]]:
         metric = get_metric(metric_name)

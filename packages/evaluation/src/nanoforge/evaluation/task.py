@@ -18,6 +18,15 @@ Example (every key but ``name``, ``data`` and ``template`` is optional)::
     normalize: none                  # choice tasks: none | per_token | per_byte
     json_schema: {type: object}      # json tasks: sent as response_format, checked by json_schema metric
     json_instruction: true           # append the schema to the prompt too
+    contexts_field: contexts         # generate tasks: texts the answer must be grounded on (groundedness)
+    service: {collection: docs, mode: hybrid, top_k: 10, k: 5}   # retrieval / rag / ranking tasks
+    relevant_field: relevant         # retrieval (and optional rag): relevant doc ids, list or {id: grade}
+    history_field: history           # ranking: the user's past item ids (or {item_id, event_type}); the
+    user_field: user_id              #   held-out next item is target_field
+    judge:                           # LLM-as-judge after generation (judge.parse_judge_config)
+      backend: grpc:127.0.0.1:50051  # the judge model (grpc | openai | anthropic | local spec)
+      mode: rubric                   # rubric (1-5 + reason per criterion) | pairwise (first two systems)
+      rubric: [{name: correct, description: agrees with the reference}]
 
 What it deliberately does not do: download datasets, or run anything (``harness.py`` runs tasks).
 """
@@ -33,15 +42,26 @@ from typing import Any
 import yaml
 
 from nanoforge.evaluation.io import read_jsonl
+from nanoforge.evaluation.judge import JudgeConfig, parse_judge_config
 from nanoforge.evaluation.metrics import get_metric
 from nanoforge.evaluation.prompting import EXTRACTORS, NORMALIZERS, SELECTORS, FewShotConfig, PromptTemplate
+from nanoforge.evaluation.services import SEARCH_MODES
 
-TASK_TYPES = ("generate", "choice", "perplexity")
-_DEFAULT_METRICS = {"generate": ["exact_match"], "choice": ["loglik_accuracy"], "perplexity": ["perplexity"]}
+TASK_TYPES = ("generate", "choice", "perplexity", "retrieval", "rag", "ranking")
+_DEFAULT_METRICS = {
+    "generate": ["exact_match"],
+    "choice": ["loglik_accuracy"],
+    "perplexity": ["perplexity"],
+    "retrieval": ["recall_at_k", "mrr", "ndcg_at_k"],
+    "rag": ["groundedness", "faithfulness", "abstention_rate"],
+    "ranking": ["hit_rate_at_k", "ndcg_at_k", "mrr"],
+}
+_SERVICE_KEYS = {"collection", "mode", "top_k", "k", "exclude_seen", "options", "grounding_threshold"}
 _KEYS = {
     "name", "type", "data", "id_field", "template", "template_file", "target_field", "chat", "metrics",
     "sampling", "fewshot", "cot", "extract", "labels", "choices_field", "normalize", "json_schema",
-    "json_instruction", "description",
+    "json_instruction", "description", "judge", "contexts_field", "service", "relevant_field", "history_field",
+    "user_field",
 }  # fmt: skip
 _SAMPLING_KEYS = {
     "max_new_tokens",
@@ -78,6 +98,12 @@ class Task:
     json_schema: dict[str, Any] | None = None
     json_instruction: bool = True
     data_hash: str = ""
+    judge: JudgeConfig | None = None
+    contexts_field: str | None = None
+    service: dict[str, Any] = field(default_factory=dict)
+    relevant_field: str = "relevant"
+    history_field: str = "history"
+    user_field: str = "user_id"
 
     def record_id(self, index: int, row: Mapping[str, Any]) -> str:
         """The id of record ``index``: its ``id_field`` value, else its 1-based line number."""
@@ -160,6 +186,30 @@ def load_task(path: str | Path) -> Task:
     if "json_schema" in metrics and schema is None:
         raise ValueError(f"{path}: metric 'json_schema' needs the task key 'json_schema'")
 
+    service = dict(raw.get("service") or {})
+    if set(service) - _SERVICE_KEYS:
+        raise _bad(
+            path, "service keys", sorted(set(service) - _SERVICE_KEYS), ", ".join(sorted(_SERVICE_KEYS))
+        )
+    if kind in ("retrieval", "rag") and "collection" not in service:
+        raise ValueError(f"{path}: a {kind} task needs service.collection (the indexed collection to query)")
+    for key in ("top_k", "k"):
+        if key in service and (not isinstance(service[key], int) or service[key] < 1):
+            raise _bad(path, f"service.{key}", service[key], "an integer >= 1")
+    if "mode" in service and service["mode"] not in SEARCH_MODES:
+        raise _bad(path, "service.mode", service["mode"], ", ".join(SEARCH_MODES))
+    if raw.get("contexts_field") and raw["contexts_field"] not in records[0]:
+        raise ValueError(
+            f"{path}: contexts_field {raw['contexts_field']!r} is not in the first record: {sorted(records[0])}"
+        )
+    field_keys = {"retrieval": "relevant_field", "ranking": "history_field"}
+    if kind in field_keys:
+        column = str(raw.get(field_keys[kind], field_keys[kind].removesuffix("_field")))
+        if column not in records[0]:
+            raise ValueError(
+                f"{path}: a {kind} task reads {column!r} from each record; first record: {sorted(records[0])}"
+            )
+
     return Task(
         name=str(raw["name"]),
         type=kind,
@@ -180,4 +230,10 @@ def load_task(path: str | Path) -> Task:
         json_schema=schema,
         json_instruction=bool(raw.get("json_instruction", True)),
         data_hash=_file_hash(data_path),
+        contexts_field=raw.get("contexts_field"),
+        service=service,
+        relevant_field=str(raw.get("relevant_field", "relevant")),
+        history_field=str(raw.get("history_field", "history")),
+        user_field=str(raw.get("user_field", "user_id")),
+        judge=parse_judge_config(raw["judge"], f"{path}: judge") if raw.get("judge") is not None else None,
     )
