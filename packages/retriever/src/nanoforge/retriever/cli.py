@@ -165,6 +165,25 @@ def _print_answer(res: Any, as_json: bool) -> None:
                f"groundedness {data['groundedness']:.3f}")  # fmt: skip
 
 
+def _read_history(path: str) -> tuple[Any, ...]:
+    """The ``--history`` JSONL file as ``rewrite.Turn`` s (one-line ``UserError`` for a bad line)."""
+    from nanoforge.retriever.rewrite import Turn
+
+    turns = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                turns.append(Turn(str(obj["role"]), str(obj["content"])))
+            except (ValueError, KeyError, TypeError) as err:
+                raise UserError(
+                    f"{path}:{n}: expected a JSON object with 'role' and 'content' ({type(err).__name__}: {err})"
+                ) from err
+    return tuple(turns)
+
+
 @group.command()
 @click.option("--collection", required=True)
 @click.option("--question", required=True)
@@ -185,12 +204,26 @@ def _print_answer(res: Any, as_json: bool) -> None:
 @click.option("--max-context-tokens", type=int, default=1024, show_default=True, help="Budget for passages.")
 @click.option("--model", default="", help="InferenceService model (default: its default).")
 @click.option("--adapter", default="", help="LoRA adapter of that model (default: the base model).")
+@click.option(
+    "--history",
+    "history_path",
+    default="",
+    help='JSONL of earlier turns, oldest first: {"role": "user"|"assistant"|..., "content": ...}.',
+)
+@click.option(
+    "--rewrite",
+    type=click.Choice(["heuristic", "llm", "none"]),
+    default="heuristic",
+    show_default=True,
+    help="How a follow-up question is rewritten from --history (llm needs --inference).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result (with trace) as one JSON object.")
 @root_option
 def ask(
     collection: str, question: str, inference: str, inference_token_env: str, answer_mode: str, mode: str, k: int,
     threshold: float | None, min_groundedness: float, drop_unsupported: bool, max_new_tokens: int,
-    max_context_tokens: int, model: str, adapter: str, as_json: bool, root: str | None,
+    max_context_tokens: int, model: str, adapter: str, history_path: str, rewrite: str, as_json: bool,
+    root: str | None,
 ) -> None:  # fmt: skip
     """Answer a question from a collection with citations, or abstain ("Not in the documents.")."""
     from nanoforge.api.inference_client import sampling_params
@@ -206,6 +239,7 @@ def ask(
         mode=mode, k=k, abstain_threshold=threshold, answer_mode=answer_mode, min_groundedness=min_groundedness,
         drop_unsupported=drop_unsupported, model=model, adapter=adapter, max_context_tokens=max_context_tokens,
         sampling=sampling_params(temperature=0.0, max_new_tokens=max_new_tokens),
+        history=_read_history(history_path) if history_path else (), rewrite=rewrite,
     )  # fmt: skip
     lib = Library(_root(root))
     col = lib.get(collection)

@@ -3,7 +3,7 @@
 Layout of a collection directory::
 
     manifest.json        format/version, embedder, chunker, index spec, dimension, committed generation
-    store.sqlite         documents, chunks, meta (WAL mode)   <- the source of truth
+    store.sqlite         documents, chunks, meta (WAL mode)   <- the source of truth (SQL in ``store.py``)
     index-<gen>.faiss    the dense index of generation <gen>  (faiss.write_index; never pickle)
     embeddings.sqlite    embedding cache keyed by content hash
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from nanoforge.retriever import store
 from nanoforge.retriever.bm25 import BM25Index
 from nanoforge.retriever.chunking import Chunk, ChunkerSpec, build_chunker
 from nanoforge.retriever.dense import INDEX_BUILDERS, DenseIndex, IndexSpec
@@ -59,17 +59,6 @@ from nanoforge.retriever.search import Hit, MetadataFilter, matches, rrf_fuse, v
 
 FORMAT = "nanoforge-retriever-collection"
 FORMAT_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
-    id TEXT PRIMARY KEY, title TEXT NOT NULL, source TEXT NOT NULL, text TEXT NOT NULL,
-    metadata TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, idx INTEGER NOT NULL, start INTEGER NOT NULL,
-    "end" INTEGER NOT NULL, context TEXT NOT NULL, parent_start INTEGER, parent_end INTEGER);
-CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
-"""
 
 #: Search modes.
 MODES = ("dense", "bm25", "hybrid")
@@ -125,10 +114,7 @@ class Collection:
         self._embedder: CachedEmbedder | None = None
         #: Embedding cache file; set it before the first embed to share one cache between collections.
         self.cache_path: Path = path / "embeddings.sqlite"
-        self._db = sqlite3.connect(str(path / "store.sqlite"), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = store.connect(path / "store.sqlite")
         self._load_state()
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -200,13 +186,9 @@ class Collection:
             )
         return cls(p, manifest, embedder_instance)
 
-    def _meta(self, key: str, default: str) -> str:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
-
     def _load_state(self) -> None:
         """Load the committed generation, repair the manifest, drop orphans, rebuild in-memory indexes."""
-        gen = int(self._meta("generation", "0"))
+        gen = int(store.get_meta(self._db, "generation", "0"))
         self.generation = gen
         self.dense = DenseIndex.load(self.index_spec, self.dim, self.path / f"index-{gen}.faiss")
         if self.manifest.get("generation") != gen:
@@ -217,15 +199,10 @@ class Collection:
                 ".json.tmp"
             ):
                 f.unlink(missing_ok=True)
-        self._doc_meta: dict[str, dict[str, str]] = {}
-        for doc_id, meta in self._db.execute("SELECT id, metadata FROM documents"):
-            self._doc_meta[doc_id] = json.loads(meta)
+        self._doc_meta: dict[str, dict[str, str]] = store.document_metadata(self._db)
         self._chunk_doc: dict[int, str] = {}
         self.bm25 = BM25Index()
-        rows = self._db.execute(
-            'SELECT c.id, c.doc_id, d.title, c.context, substr(d.text, c.start + 1, c."end" - c.start) '
-            "FROM chunks c JOIN documents d ON d.id = c.doc_id"
-        ).fetchall()
+        rows = store.indexed_chunks(self._db)
         for cid, doc_id, *_ in rows:
             self._chunk_doc[cid] = doc_id
         self.bm25.add((cid, embed_text(title, context, text)) for cid, _, title, context, text in rows)
@@ -256,12 +233,11 @@ class Collection:
     def stats(self) -> dict[str, Any]:
         """Counts from SQLite and FAISS (they agree after every commit; live = FAISS minus tombstones)."""
         with self._lock:
-            docs = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
-            chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            docs, chunks = store.counts(self._db)
             return {
                 "name": self.name,
-                "documents": int(docs),
-                "chunks": int(chunks),
+                "documents": docs,
+                "chunks": chunks,
                 "faiss_vectors": self.dense.ntotal,
                 "faiss_live": self.dense.ntotal - len(self.dense.tombstones),
                 "tombstones": len(self.dense.tombstones),
@@ -278,7 +254,7 @@ class Collection:
         """Steps 2b-4 of the protocol (the caller holds an open transaction)."""
         self.dense.save(self.path / f"index-{new_gen}.faiss")
         now = time.time()
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)", (str(new_gen),))
+        store.set_meta(self._db, "generation", str(new_gen))
         self._db.execute("COMMIT")
         old = self.generation
         self.generation = new_gen
@@ -345,31 +321,11 @@ class Collection:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 ids = [d.id for d in docs]
-                old = self._chunk_ids_of(ids)
-                self._db.executemany("DELETE FROM chunks WHERE doc_id = ?", [(i,) for i in ids])
-                next_id = int(self._meta("next_chunk_id", "1"))
+                old = store.chunk_ids_of(self._db, ids)
+                next_id = int(store.get_meta(self._db, "next_chunk_id", "1"))
                 new_ids = np.arange(next_id, next_id + len(texts), dtype=np.int64)
-                rows, pos = [], 0
-                now = time.time()
-                for d, chunks in zip(docs, per_doc, strict=True):
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO documents (id, title, source, text, metadata, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (d.id, d.title, d.source, d.text, json.dumps(d.metadata, sort_keys=True), now),
-                    )
-                    for idx, c in enumerate(chunks):
-                        ps, pe = c.parent if c.parent else (None, None)
-                        rows.append((int(new_ids[pos]), d.id, idx, c.start, c.end, c.context, ps, pe))
-                        pos += 1
-                self._db.executemany(
-                    'INSERT INTO chunks (id, doc_id, idx, start, "end", context, parent_start, parent_end) '
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_chunk_id', ?)",
-                    (str(next_id + len(texts)),),
-                )
+                rows = store.replace_documents(self._db, docs, per_doc, next_id, time.time())
+                store.set_meta(self._db, "next_chunk_id", str(next_id + len(texts)))
                 self.dense.remove(old)
                 self.dense.add(new_ids, vecs)
                 self._commit(self.generation + 1)
@@ -386,14 +342,6 @@ class Collection:
                 self._doc_meta[d.id] = dict(d.metadata)
         n_tokens = sum(len(t.split()) for t in texts)
         return UpsertResult(ids, len(texts), len(old), n_tokens)
-
-    def _chunk_ids_of(self, doc_ids: Sequence[str]) -> list[int]:
-        out: list[int] = []
-        for i in range(0, len(doc_ids), 500):
-            part = list(doc_ids[i : i + 500])
-            marks = ",".join("?" * len(part))
-            out += [r[0] for r in self._db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", part)]
-        return out
 
     def delete(self, doc_ids: Sequence[str] = (), filters: Sequence[MetadataFilter] = ()) -> tuple[int, int]:
         """Delete documents by id, by filter, or both (then both must match). Unknown ids are ignored.
@@ -412,9 +360,8 @@ class Collection:
                 return 0, 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                old = self._chunk_ids_of(targets)
-                self._db.executemany("DELETE FROM chunks WHERE doc_id = ?", [(i,) for i in targets])
-                self._db.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in targets])
+                old = store.chunk_ids_of(self._db, targets)
+                store.delete_documents(self._db, targets)
                 self.dense.remove(old)
                 self._commit(self.generation + 1)
             except BaseException:
@@ -530,19 +477,7 @@ class Collection:
         seen: set[tuple[str, int, int]] = set()
         ranked = [(cid, score) for cid, score in ranked if min_score is None or score >= min_score]
         # One query for all candidates; SQLite cuts the passage out (parent span for parent-child chunks).
-        rows: dict[int, tuple[Any, ...]] = {}
-        for i in range(0, len(ranked), 500):
-            part = [cid for cid, _ in ranked[i : i + 500]]
-            marks = ",".join("?" * len(part))
-            for row in self._db.execute(
-                "SELECT c.id, c.doc_id, c.idx, coalesce(c.parent_start, c.start) AS s, "
-                'coalesce(c.parent_end, c."end") AS e, d.title, d.source, d.metadata, '
-                'substr(d.text, coalesce(c.parent_start, c.start) + 1, coalesce(c.parent_end, c."end") - '
-                "coalesce(c.parent_start, c.start)) FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                f"WHERE c.id IN ({marks})",
-                part,
-            ):
-                rows[row[0]] = row[1:]
+        rows = store.passages(self._db, [cid for cid, _ in ranked])
         for cid, score in ranked:
             if cid not in rows:
                 continue

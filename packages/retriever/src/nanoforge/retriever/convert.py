@@ -15,6 +15,7 @@ from typing import Any
 from nanoforge.api.common.v1 import common_pb2
 from nanoforge.api.retriever.v1 import retriever_pb2 as pb
 from nanoforge.retriever.rag import AskOptions, AskResult
+from nanoforge.retriever.rewrite import Turn
 from nanoforge.retriever.search import Hit, MetadataFilter
 
 MAX_TOP_K = 100
@@ -29,6 +30,12 @@ ANSWER_MODE_OF: dict[int, str] = {
     pb.ANSWER_MODE_UNSPECIFIED: "generative",
     pb.ANSWER_MODE_GENERATIVE: "generative",
     pb.ANSWER_MODE_EXTRACTIVE: "extractive",
+}
+REWRITE_OF: dict[int, str] = {
+    pb.QUERY_REWRITE_UNSPECIFIED: "heuristic",
+    pb.QUERY_REWRITE_HEURISTIC: "heuristic",
+    pb.QUERY_REWRITE_LLM: "llm",
+    pb.QUERY_REWRITE_NONE: "none",
 }
 OP_OF: dict[int, str] = {
     pb.FILTER_OPERATOR_EQ: "eq",
@@ -78,18 +85,33 @@ def search_options(opts: pb.SearchOptions) -> dict[str, Any]:
     }
 
 
+def history_of(messages: Any) -> tuple[Turn, ...]:
+    """``ChatMessage`` protos -> ``Turn`` s (role ``ROLE_USER`` -> ``"user"``; an unset role is an error)."""
+    out = []
+    for i, m in enumerate(messages):
+        if not m.role or m.role not in common_pb2.Role.values():
+            raise ValueError(
+                f"history[{i}].role must be set to SYSTEM, USER, ASSISTANT or TOOL, got {m.role}"
+            )
+        out.append(Turn(common_pb2.Role.Name(m.role).removeprefix("ROLE_").lower(), m.content))
+    return tuple(out)
+
+
 def ask_options(request: pb.AskRequest | pb.AskStreamRequest) -> AskOptions:
     """``AskRequest`` (or its stream twin) -> checked ``AskOptions``."""
     ret = search_options(request.retrieval)
     if request.answer_mode not in ANSWER_MODE_OF:
         raise ValueError(f"unknown answer_mode {request.answer_mode}; known: {sorted(ANSWER_MODE_OF)}")
+    if request.query_rewrite not in REWRITE_OF:
+        raise ValueError(f"unknown query_rewrite {request.query_rewrite}; known: {sorted(REWRITE_OF)}")
     opts = AskOptions(
         mode=ret["mode"], k=ret["k"], filters=tuple(ret["filters"]), alpha=ret["alpha"],
         abstain_threshold=request.abstain_threshold if request.HasField("abstain_threshold") else None,
         max_context_tokens=request.max_context_tokens or 1024, answer_mode=ANSWER_MODE_OF[request.answer_mode],
         drop_unsupported=request.drop_unsupported,
         sampling=request.sampling if request.HasField("sampling") else None,
-        model=request.model, adapter=request.adapter,
+        model=request.model, adapter=request.adapter, history=history_of(request.history),
+        rewrite=REWRITE_OF[request.query_rewrite],
     )  # fmt: skip
     if request.HasField("min_groundedness"):
         opts = replace(opts, min_groundedness=request.min_groundedness)
@@ -125,7 +147,7 @@ def citations_pb(res: AskResult) -> list[pb.Citation]:
 def trace_pb(res: AskResult) -> pb.AskTrace:
     """The ``AskTrace`` of a result."""
     return pb.AskTrace(
-        search_query=res.question, retrieved=[hit_pb(h) for h in res.retrieved],
+        search_query=res.search_query or res.question, rewrite_strategy=res.rewrite_strategy, retrieved=[hit_pb(h) for h in res.retrieved],
         context_chunk_ids=[h.chunk_id for h in res.context], prompt=res.prompt,
         retrieval_time_ms=res.retrieval_ms, generation_time_ms=res.generation_ms, support_score=res.support,
         abstain_threshold=res.threshold, sentences=sentences_pb(res, answered_only=False),
@@ -147,7 +169,7 @@ def ask_result_dict(res: AskResult) -> dict[str, Any]:
         return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
     return {
-        "question": res.question, "answer": res.answer, "abstained": res.abstained,
+        "question": res.question, "search_query": res.search_query or res.question, "answer": res.answer, "abstained": res.abstained,
         "abstain_reason": res.abstain_reason, "support": res.support, "threshold": res.threshold,
         "groundedness": res.groundedness,
         "citations": [as_dict(c) for c in citations_pb(res)],

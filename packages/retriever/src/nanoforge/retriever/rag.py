@@ -22,7 +22,12 @@ Streaming: text is yielded as generated; with ``drop_unsupported`` it is yielded
 a time. When the check abstains after text went out, a ``Withdraw`` event says so (the client drops what
 it showed); the abstention text follows. ``join_stream`` applies these rules, and equals ``ask``'s answer.
 
-What it deliberately does not do: query rewriting from history, re-ranking, or retries.
+History: before step 1 the question is rewritten from ``AskOptions.history`` into a standalone query
+(``rewrite.py``; strategy ``AskOptions.rewrite``, default ``heuristic``). That query is what is searched,
+what the support score and extractive answers compare with, and the question shown to the reader; the
+result keeps the original ``question`` and the ``search_query``.
+
+What it deliberately does not do: re-ranking, or retries.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from nanoforge.retriever.grounding import (
     overall_groundedness,
     score_sentences,
 )
+from nanoforge.retriever.rewrite import REWRITERS, Turn, rewrite_query
 from nanoforge.retriever.search import Hit, MetadataFilter
 
 #: What the service answers when it abstains (and the one string the model may write instead of an answer).
@@ -80,6 +86,8 @@ class AskOptions:
         model: InferenceService model ("" = its default).
         adapter: LoRA adapter of that model.
         max_sentence_chars: longest generated sentence before its marker (a small model needs a short leash).
+        history: earlier turns of the conversation, oldest first.
+        rewrite: query rewrite strategy, a key of ``rewrite.REWRITERS``.
     """
 
     mode: str = "hybrid"
@@ -95,6 +103,8 @@ class AskOptions:
     model: str = ""
     adapter: str = ""
     max_sentence_chars: int = MAX_SENTENCE_CHARS
+    history: tuple[Turn, ...] = ()
+    rewrite: str = "heuristic"
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
@@ -104,6 +114,8 @@ class AskOptions:
             raise ValueError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
         if self.max_sentence_chars < 1:
             raise ValueError(f"max_sentence_chars must be >= 1, got {self.max_sentence_chars}")
+        if self.rewrite not in REWRITERS:
+            raise ValueError(f"unknown query rewrite {self.rewrite!r}; known: {', '.join(REWRITERS)}")
         if not 0.0 <= self.min_groundedness <= 1.0:
             raise ValueError(f"min_groundedness must be in [0, 1], got {self.min_groundedness}")
 
@@ -133,6 +145,8 @@ class AskResult:
     """The outcome of one question (maps 1:1 onto ``AskResponse`` + ``AskTrace``)."""
 
     question: str
+    search_query: str = ""  # the rewritten question actually searched ("" until rewritten)
+    rewrite_strategy: str = "none"
     answer: str = ""
     abstained: bool = False
     abstain_reason: str = ""
@@ -268,10 +282,13 @@ async def ask_events(
             "HOST:PORT), or ask with answer mode 'extractive'"
         )
     res = AskResult(question=question)
+    rw = await rewrite_query(opts.history, question, opts.rewrite, generator, opts)
+    res.search_query, res.rewrite_strategy = rw.query, rw.strategy
+    query = rw.query
     t0 = time.perf_counter()
-    res.retrieved, res.support = await asyncio.to_thread(retrieve, col, question, opts)
+    res.retrieved, res.support = await asyncio.to_thread(retrieve, col, query, opts)
     res.retrieval_ms = (time.perf_counter() - t0) * 1000
-    res.query_tokens = len(question.split()) if opts.mode != "bm25" else 0
+    res.query_tokens = len(query.split()) if opts.mode != "bm25" else 0
     res.threshold = opts.abstain_threshold if opts.abstain_threshold is not None else default_threshold(col)
     if not res.retrieved:
         reason = "no chunk was retrieved"
@@ -295,13 +312,13 @@ async def ask_events(
     t1 = time.perf_counter()
     if opts.answer_mode == "extractive":
         passages = [(i, h.text) for i, h in enumerate(res.context, 1)]
-        raw = await asyncio.to_thread(extract_answer, question, passages, col.embedder.embed)
+        raw = await asyncio.to_thread(extract_answer, query, passages, col.embedder.embed)
         res.finish_reason = common_pb2.FINISH_REASON_STOP
-        res.prompt = f"extractive: {question}"
+        res.prompt = f"extractive: {query}"
         pieces: AsyncIterator[GenPiece] = _one(GenPiece(raw, common_pb2.FINISH_REASON_STOP))
     else:
         assert generator is not None
-        messages = build_messages(question, res.context)
+        messages = build_messages(query, res.context)
         res.prompt = "\n\n".join(f"<{m['role']}>\n{m['content']}" for m in messages)
         pieces = generator.stream(
             messages, answer_regex(list(markers), max_chars=opts.max_sentence_chars), opts

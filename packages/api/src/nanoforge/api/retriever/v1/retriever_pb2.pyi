@@ -160,6 +160,42 @@ SEARCH_MODE_HYBRID: SearchMode.ValueType  # 3
 """Both, fused by reciprocal rank fusion weighted by hybrid_alpha."""
 Global___SearchMode: _TypeAlias = SearchMode  # noqa: Y015
 
+class _QueryRewrite:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QueryRewriteEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueryRewrite.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUERY_REWRITE_UNSPECIFIED: _QueryRewrite.ValueType  # 0
+    """The server default, QUERY_REWRITE_HEURISTIC."""
+    QUERY_REWRITE_HEURISTIC: _QueryRewrite.ValueType  # 1
+    """No model: a follow-up (pronoun or fewer than two content words) gets the content words of the last
+    user turn(s) that it lacks appended.
+    """
+    QUERY_REWRITE_LLM: _QueryRewrite.ValueType  # 2
+    """The InferenceService model writes one line, constrained by a regex; on failure or an off-topic line
+    (no content word of the question or history), the heuristic is used instead.
+    """
+    QUERY_REWRITE_NONE: _QueryRewrite.ValueType  # 3
+    """Search the question as it is, whatever the history."""
+
+class QueryRewrite(_QueryRewrite, metaclass=_QueryRewriteEnumTypeWrapper):
+    """How a follow-up question is rewritten into a standalone search query from the request's history."""
+
+QUERY_REWRITE_UNSPECIFIED: QueryRewrite.ValueType  # 0
+"""The server default, QUERY_REWRITE_HEURISTIC."""
+QUERY_REWRITE_HEURISTIC: QueryRewrite.ValueType  # 1
+"""No model: a follow-up (pronoun or fewer than two content words) gets the content words of the last
+user turn(s) that it lacks appended.
+"""
+QUERY_REWRITE_LLM: QueryRewrite.ValueType  # 2
+"""The InferenceService model writes one line, constrained by a regex; on failure or an off-topic line
+(no content word of the question or history), the heuristic is used instead.
+"""
+QUERY_REWRITE_NONE: QueryRewrite.ValueType  # 3
+"""Search the question as it is, whatever the history."""
+Global___QueryRewrite: _TypeAlias = QueryRewrite  # noqa: Y015
+
 class _AnswerMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -934,6 +970,7 @@ class AskTrace(_message.Message):
     ABSTAIN_THRESHOLD_FIELD_NUMBER: _builtins.int
     SENTENCES_FIELD_NUMBER: _builtins.int
     RAW_ANSWER_FIELD_NUMBER: _builtins.int
+    REWRITE_STRATEGY_FIELD_NUMBER: _builtins.int
     search_query: _builtins.str
     """The query actually searched (the question, possibly rewritten). Equal to the question if not rewritten."""
     prompt: _builtins.str
@@ -950,6 +987,10 @@ class AskTrace(_message.Message):
     """The threshold that support_score was compared with (the request's, or the calibrated default)."""
     raw_answer: _builtins.str
     """The raw text the reader produced, before unsupported sentences were dropped."""
+    rewrite_strategy: _builtins.str
+    """How search_query was obtained: "none" (no history or not a follow-up), "heuristic", "llm", or
+    "heuristic (llm failed: <why>)" when the model's rewrite was rejected.
+    """
     @_builtins.property
     def retrieved(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """Every retrieved chunk, best first, before any were dropped for the context budget."""
@@ -975,10 +1016,11 @@ class AskTrace(_message.Message):
         abstain_threshold: _builtins.float = ...,
         sentences: _abc.Iterable[Global___SentenceGroundedness] | None = ...,
         raw_answer: _builtins.str = ...,
+        rewrite_strategy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain_threshold", b"abstain_threshold", "context_chunk_ids", b"context_chunk_ids", "generation_time_ms", b"generation_time_ms", "prompt", b"prompt", "raw_answer", b"raw_answer", "retrieval_time_ms", b"retrieval_time_ms", "retrieved", b"retrieved", "search_query", b"search_query", "sentences", b"sentences", "support_score", b"support_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain_threshold", b"abstain_threshold", "context_chunk_ids", b"context_chunk_ids", "generation_time_ms", b"generation_time_ms", "prompt", b"prompt", "raw_answer", b"raw_answer", "retrieval_time_ms", b"retrieval_time_ms", "retrieved", b"retrieved", "rewrite_strategy", b"rewrite_strategy", "search_query", b"search_query", "sentences", b"sentences", "support_score", b"support_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1041,6 +1083,7 @@ class AskRequest(_message.Message):
     ANSWER_MODE_FIELD_NUMBER: _builtins.int
     MIN_GROUNDEDNESS_FIELD_NUMBER: _builtins.int
     DROP_UNSUPPORTED_FIELD_NUMBER: _builtins.int
+    QUERY_REWRITE_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection to search; NOT_FOUND if it does not exist."""
     question: _builtins.str
@@ -1066,6 +1109,8 @@ class AskRequest(_message.Message):
     """True: unsupported sentences are removed from the answer. False: they stay, flagged in sentences.
     Either way, an answer without any supported sentence becomes an abstention.
     """
+    query_rewrite: Global___QueryRewrite.ValueType
+    """How to rewrite the question from history into the searched query. Unset: QUERY_REWRITE_HEURISTIC."""
     @_builtins.property
     def retrieval(self) -> Global___SearchOptions:
         """Retrieval parameters. Unset: defaults."""
@@ -1096,10 +1141,11 @@ class AskRequest(_message.Message):
         answer_mode: Global___AnswerMode.ValueType = ...,
         min_groundedness: _builtins.float | None = ...,
         drop_unsupported: _builtins.bool = ...,
+        query_rewrite: Global___QueryRewrite.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "min_groundedness", b"min_groundedness", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "answer_mode", b"answer_mode", "collection", b"collection", "drop_unsupported", b"drop_unsupported", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "min_groundedness", b"min_groundedness", "model", b"model", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "answer_mode", b"answer_mode", "collection", b"collection", "drop_unsupported", b"drop_unsupported", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "min_groundedness", b"min_groundedness", "model", b"model", "query_rewrite", b"query_rewrite", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__abstain_threshold: _TypeAlias = _typing.Literal["abstain_threshold"]  # noqa: Y015
     _WhichOneofArgType__abstain_threshold: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold"]  # noqa: Y015
@@ -1195,6 +1241,7 @@ class AskStreamRequest(_message.Message):
     ANSWER_MODE_FIELD_NUMBER: _builtins.int
     MIN_GROUNDEDNESS_FIELD_NUMBER: _builtins.int
     DROP_UNSUPPORTED_FIELD_NUMBER: _builtins.int
+    QUERY_REWRITE_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection to search; NOT_FOUND if it does not exist."""
     question: _builtins.str
@@ -1217,6 +1264,8 @@ class AskStreamRequest(_message.Message):
     """True: unsupported sentences are removed from the answer. False: they stay, flagged in sentences.
     Either way, an answer without any supported sentence becomes an abstention.
     """
+    query_rewrite: Global___QueryRewrite.ValueType
+    """How to rewrite the question from history into the searched query. Unset: QUERY_REWRITE_HEURISTIC."""
     @_builtins.property
     def retrieval(self) -> Global___SearchOptions:
         """Retrieval parameters. Unset: defaults."""
@@ -1245,10 +1294,11 @@ class AskStreamRequest(_message.Message):
         answer_mode: Global___AnswerMode.ValueType = ...,
         min_groundedness: _builtins.float | None = ...,
         drop_unsupported: _builtins.bool = ...,
+        query_rewrite: Global___QueryRewrite.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "min_groundedness", b"min_groundedness", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "answer_mode", b"answer_mode", "collection", b"collection", "drop_unsupported", b"drop_unsupported", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "min_groundedness", b"min_groundedness", "model", b"model", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold", "_min_groundedness", b"_min_groundedness", "abstain_threshold", b"abstain_threshold", "adapter", b"adapter", "answer_mode", b"answer_mode", "collection", b"collection", "drop_unsupported", b"drop_unsupported", "history", b"history", "include_trace", b"include_trace", "max_context_tokens", b"max_context_tokens", "min_groundedness", b"min_groundedness", "model", b"model", "query_rewrite", b"query_rewrite", "question", b"question", "retrieval", b"retrieval", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__abstain_threshold: _TypeAlias = _typing.Literal["abstain_threshold"]  # noqa: Y015
     _WhichOneofArgType__abstain_threshold: _TypeAlias = _typing.Literal["_abstain_threshold", b"_abstain_threshold"]  # noqa: Y015
