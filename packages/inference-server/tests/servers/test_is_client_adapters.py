@@ -1,6 +1,7 @@
 """``load_adapter`` / ``unload_adapter`` of the sync and async ``nanoforge.api.inference_client`` against a
 real server: a PEFT adapter written by ``peft`` itself is loaded, changes greedy output, is listed, refuses
-a duplicate name, and is gone (NOT_FOUND) once unloaded."""
+a duplicate name, and is gone (NOT_FOUND) once unloaded. Score and Embed with an adapter equal the
+``peft``-merged model and differ from the base; Score's Usage counts context + continuation tokens."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from nanoforge.api.inference_client import AsyncInferenceClient, InferenceClient
 from nanoforge.core_model.hf import load_any_model
+from nanoforge.inference_server.scoring import embed_rows, score_rows
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +99,60 @@ def test_adapter_request_arguments_are_checked_before_sending(plain_servers) -> 
             client.load_adapter("", "/x")
         with pytest.raises(ValueError, match="adapter path is empty"):
             client.load_adapter("a", "")
+
+
+def _merged(tiny_model_dir, adapter_dir):
+    """The served base model with the adapter merged into its weights by ``peft`` itself."""
+    base = load_any_model(tiny_model_dir).eval()
+    return peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
+
+
+def test_score_and_embed_with_an_adapter_equal_the_peft_merged_model(
+    plain_servers, tiny_model_dir, adapter_dir
+) -> None:
+    merged = _merged(tiny_model_dir, adapter_dir)
+    base = load_any_model(tiny_model_dir).eval()
+    context, conts = [79, 110, 99, 101, 32, 117], [[112, 111, 110], [97, 32, 116, 105, 109, 101]]
+    texts = ["hello world", "a fox"]
+    with InferenceClient(plain_servers.grpc_target, timeout=60) as client:
+        client.load_adapter("score_a", adapter_dir)
+        try:
+            plain = client.score(context, conts, token_logprobs=True)
+            with_a = client.score(context, conts, adapter="score_a", token_logprobs=True)
+            emb_plain = client.embed(texts, normalize=False)
+            emb_a = client.embed(texts, adapter="score_a", normalize=False)
+            ids = [list(client.tokenize(t).token_ids) for t in texts]
+        finally:
+            client.unload_adapter("score_a")
+        with pytest.raises(grpc.RpcError) as gone:
+            client.score(context, conts, adapter="score_a")
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND and "score_a" in gone.value.details()
+        with pytest.raises(grpc.RpcError) as gone_e:
+            client.embed(texts, adapter="score_a")
+        assert gone_e.value.code() == grpc.StatusCode.NOT_FOUND
+    want_a = score_rows(merged, context, conts)
+    want_plain = score_rows(base, context, conts)
+    for got, want in zip(with_a.scores, want_a):
+        assert got.logprob == pytest.approx(want["logprob"], abs=1e-4)
+        assert [t.logprob for t in got.token_logprobs] == pytest.approx(want["token_logprobs"], abs=1e-4)
+    for got, want in zip(plain.scores, want_plain):
+        assert got.logprob == pytest.approx(want["logprob"], abs=1e-4)
+    assert all(abs(a.logprob - p.logprob) > 1e-2 for a, p in zip(with_a.scores, plain.scores))
+    want_emb = embed_rows(merged, ids, normalize=False)
+    for got, want in zip(emb_a.embeddings, want_emb):
+        assert list(got.values) == pytest.approx(want, abs=1e-4)
+    assert any(
+        max(abs(x - y) for x, y in zip(a.values, p.values)) > 1e-3
+        for a, p in zip(emb_a.embeddings, emb_plain.embeddings)
+    )
+
+
+def test_score_usage_counts_context_and_continuations_and_has_timings(plain_servers) -> None:
+    context, conts = [79, 110, 99, 101, 32], [[112, 111, 110], [97, 32, 116, 105]]
+    with InferenceClient(plain_servers.grpc_target, timeout=60) as client:
+        u = client.score(context, conts).usage
+        e = client.embed(["hello world"]).usage
+    assert u.prompt_tokens == len(context) + 3 + 4 and u.completion_tokens == 0
+    assert u.prefill_time_ms > 0 and u.queue_time_ms >= 0 and u.decode_time_ms == 0
+    assert u.total_time_ms >= u.queue_time_ms + u.prefill_time_ms
+    assert e.prefill_time_ms > 0 and e.total_time_ms >= e.queue_time_ms + e.prefill_time_ms

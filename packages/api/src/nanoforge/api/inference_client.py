@@ -261,17 +261,24 @@ def embed_request(
     inputs: Sequence[str],
     *,
     model: str = "",
+    adapter: str = "",
     normalize: bool = True,
     pooling: str = "",
     truncate: bool = False,
 ) -> inference_pb2.EmbedRequest:
-    """An ``EmbedRequest``; ``pooling`` is "" (model default), "mean" or "last_token"."""
+    """An ``EmbedRequest``; ``pooling`` is "" (model default), "mean" or "last_token"; ``adapter`` names a
+    loaded LoRA adapter ("" = the base model)."""
     if pooling not in _POOLINGS:
         raise ValueError(f"bad pooling {pooling!r}; accepted: {sorted(_POOLINGS)}")
     if isinstance(inputs, str):
         raise ValueError("embed inputs must be a list of strings, not one string")
     return inference_pb2.EmbedRequest(
-        model=model, inputs=list(inputs), normalize=normalize, pooling=_POOLINGS[pooling], truncate=truncate
+        model=model,
+        adapter=adapter,
+        inputs=list(inputs),
+        normalize=normalize,
+        pooling=_POOLINGS[pooling],
+        truncate=truncate,
     )
 
 

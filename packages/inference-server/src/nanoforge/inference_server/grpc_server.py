@@ -161,8 +161,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Score(self, request: inference_pb2.ScoreRequest, context: Any) -> inference_pb2.ScoreResponse:
         t0 = time.perf_counter()
         self._check_model(request.model)
-        if request.adapter:
-            raise NotFound(f"adapter {request.adapter!r} is not loaded (Score serves the base model only)")
         convert.check_count("continuations", len(request.continuations), self.limits.max_batch_items)
         if request.top_logprobs:
             raise InvalidRequest(
@@ -186,18 +184,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if not value:
                 raise InvalidRequest(f"continuations[{i}] is empty; accepted: non-empty text or token_ids")
             continuations.append(value)
-        results = await self.model.score(context_value, continuations)
-        scores = [convert.score_to_proto(r, token_logprobs=request.token_logprobs) for r in results]
-        usage = convert.usage_to_proto(
-            Usage(prompt_tokens=sum(int(r["num_tokens"]) for r in results)), total_ms=_ms_since(t0)
+        results, used = await self.model.score_with_usage(
+            context_value, continuations, adapter=request.adapter or None
         )
+        scores = [convert.score_to_proto(r, token_logprobs=request.token_logprobs) for r in results]
+        usage = convert.usage_to_proto(used, total_ms=_ms_since(t0))
         return inference_pb2.ScoreResponse(scores=scores, usage=usage, model=self.model.name)
 
     async def Embed(self, request: inference_pb2.EmbedRequest, context: Any) -> inference_pb2.EmbedResponse:
         t0 = time.perf_counter()
         self._check_model(request.model)
-        if request.adapter:
-            raise NotFound(f"adapter {request.adapter!r} is not loaded (Embed serves the base model only)")
         if request.pooling == inference_pb2.POOLING_LAST_TOKEN:
             raise InvalidRequest("pooling=POOLING_LAST_TOKEN is invalid; accepted: POOLING_MEAN (or unset)")
         if request.truncate:
@@ -209,12 +205,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     f"inputs[{i}] has {len(text)} chars; accepted: at most {self.limits.max_prompt_chars}"
                 )
         ids = [self.model.tokenize(text) for text in request.inputs]
-        vectors = await self.model.embed(ids, normalize=request.normalize)
+        vectors, used = await self.model.embed_with_usage(
+            ids, normalize=request.normalize, adapter=request.adapter or None
+        )
         embeddings = [
             inference_pb2.Embedding(values=v, num_tokens=len(t), truncated=False)
             for v, t in zip(vectors, ids)
         ]
-        usage = convert.usage_to_proto(Usage(prompt_tokens=sum(map(len, ids))), total_ms=_ms_since(t0))
+        usage = convert.usage_to_proto(used, total_ms=_ms_since(t0))
         dim = len(vectors[0]) if vectors else 0
         return inference_pb2.EmbedResponse(
             embeddings=embeddings, dimension=dim, usage=usage, model=self.model.name

@@ -26,7 +26,8 @@ tokenizes context and continuations separately and concatenates the ids.
 Quantization (``load(quantize="int8" | "int4" ...)``, see ``quant``) swaps the model's linear layers at load.
 LoRA adapters (``load(adapters=...)``, ``load_adapter`` / ``unload_adapter``, see ``lora``) are chosen per
 request with ``GenerateInput.adapter``; requests on different adapters share the engine's batch. Score and
-embed use the base model.
+embed take an ``adapter`` too (their rows all use it); ``score_with_usage`` / ``embed_with_usage`` also
+return a ``Usage`` whose queue time is the wait for the engine thread and whose prefill time is the forwards.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nanoforge.core_model.checkpoint import read_generation_config
 from nanoforge.core_model.hf import load_any_model
@@ -54,6 +55,8 @@ from nanoforge.inference_server.structured import Guide, GuideProcessor, Structu
 from nanoforge.inference_server.types import GenerateInput, GenerationChunk, TokenLogprob, Usage
 from nanoforge.tokenizer.chat import get_template, parse_tool_calls, render_chat
 from nanoforge.tokenizer.hf import load_any_tokenizer
+
+T = TypeVar("T")
 
 #: Special tokens that end a turn or a text in the tokenizers we load; generation stops on them.
 END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|end|>")
@@ -189,9 +192,7 @@ class ServingModel:
     # --------------------------------------------------------------------------------- generation
     def _check(self, inp: GenerateInput) -> None:
         inp.validate()
-        if inp.adapter and inp.adapter not in self.adapters:
-            loaded = ", ".join(self.adapters.names()) or "none"
-            raise NotFound(f"unknown adapter {inp.adapter!r}; loaded adapters: {loaded}")
+        self._require_adapter(inp.adapter)
         if inp.tools is not None and inp.messages is None:
             raise InvalidRequest("tools need a chat request (messages), not a raw prompt")
 
@@ -322,12 +323,24 @@ class ServingModel:
         return ids
 
     async def score(
-        self, context: str | list[int], continuations: Sequence[str | list[int]]
+        self, context: str | list[int], continuations: Sequence[str | list[int]], adapter: str | None = None
     ) -> list[dict[str, Any]]:
         """Log-likelihood of each continuation given ``context``: ``{"logprob", "num_tokens", "is_greedy",
         "token_logprobs"}`` per continuation (context and continuation tokenized separately)."""
+        return (await self.score_with_usage(context, continuations, adapter))[0]
+
+    async def score_with_usage(
+        self, context: str | list[int], continuations: Sequence[str | list[int]], adapter: str | None = None
+    ) -> tuple[list[dict[str, Any]], Usage]:
+        """``score`` plus its ``Usage``: prompt_tokens = context + all continuation tokens, queue and
+        prefill (forward) times.
+
+        Raises:
+            InvalidRequest: empty / out-of-vocabulary / too long inputs. NotFound: unknown ``adapter``.
+        """
         if not continuations:
             raise InvalidRequest("continuations is empty; give at least one")
+        self._require_adapter(adapter)
         ctx = self._ids(context, "context", bos=True)
         conts = [self._ids(c, f"continuation {i}") for i, c in enumerate(continuations)]
         longest = len(ctx) + max(len(c) for c in conts)
@@ -336,21 +349,76 @@ class ServingModel:
                 f"context + continuation has {longest} tokens; the limit is {self.engine.max_len}"
             )
         bs = self.engine.table.capacity
-        return await self.aengine.run(lambda: score_rows(self.model, ctx, conts, bs))
+        results, usage = await self._exclusive(
+            adapter, lambda route: score_rows(self.model, ctx, conts, bs, before_forward=route)
+        )
+        usage.prompt_tokens = len(ctx) + sum(map(len, conts))
+        return results, usage
 
     async def embed(
-        self, texts_or_ids: Sequence[str | list[int]], normalize: bool = True
+        self, texts_or_ids: Sequence[str | list[int]], normalize: bool = True, adapter: str | None = None
     ) -> list[list[float]]:
         """One vector per input: the mean over its tokens of the final hidden state after the final norm
         (``d_model`` floats), L2-normalised unless ``normalize=False``."""
+        return (await self.embed_with_usage(texts_or_ids, normalize, adapter))[0]
+
+    async def embed_with_usage(
+        self, texts_or_ids: Sequence[str | list[int]], normalize: bool = True, adapter: str | None = None
+    ) -> tuple[list[list[float]], Usage]:
+        """``embed`` plus its ``Usage`` (prompt_tokens = all input tokens, queue and prefill times).
+
+        Raises:
+            InvalidRequest: empty / out-of-vocabulary / too long inputs. NotFound: unknown ``adapter``.
+        """
         if not texts_or_ids:
             raise InvalidRequest("inputs is empty; give at least one text or token list")
+        self._require_adapter(adapter)
         rows = [self._ids(x, f"input {i}", bos=True) for i, x in enumerate(texts_or_ids)]
         longest = max(len(r) for r in rows)
         if longest > self.engine.max_len:
             raise InvalidRequest(f"an input has {longest} tokens; the limit is {self.engine.max_len}")
         bs = self.engine.table.capacity
-        return await self.aengine.run(lambda: embed_rows(self.model, rows, normalize, bs))
+        vectors, usage = await self._exclusive(
+            adapter, lambda route: embed_rows(self.model, rows, normalize, bs, before_forward=route)
+        )
+        usage.prompt_tokens = sum(map(len, rows))
+        return vectors, usage
+
+    def _require_adapter(self, adapter: str | None) -> None:
+        if adapter and adapter not in self.adapters:
+            loaded = ", ".join(self.adapters.names()) or "none"
+            raise NotFound(f"unknown adapter {adapter!r}; loaded adapters: {loaded}")
+
+    async def _exclusive(
+        self, adapter: str | None, fn: Callable[[Callable[[int], None] | None], T]
+    ) -> tuple[T, Usage]:
+        """Run ``fn(route)`` on the engine thread with every forward's rows routed to ``adapter``; returns
+        its result and a ``Usage`` with the queue (wait for the thread) and prefill (run) times."""
+        submitted = time.perf_counter()
+        span: list[float] = []
+
+        def job() -> T:
+            span.append(time.perf_counter())
+            self._require_adapter(adapter)  # it may have been unloaded while this job was queued
+            route = (lambda n: self.adapters.route([adapter] * n)) if adapter else None
+            try:
+                return fn(route)
+            finally:
+                if adapter:
+                    self.adapters.route(None)
+                span.append(time.perf_counter())
+
+        if adapter:
+            self._adapter_users[adapter] = self._adapter_users.get(adapter, 0) + 1
+        try:
+            result = await self.aengine.run(job)
+        finally:
+            if adapter:
+                self._adapter_users[adapter] -= 1
+        started, ended = span
+        usage = Usage(queue_ms=(started - submitted) * 1e3, prefill_ms=(ended - started) * 1e3)
+        usage.total_ms = (ended - submitted) * 1e3
+        return result, usage
 
     # ----------------------------------------------------------------------------- adapters / info
     def list_adapters(self) -> list[dict[str, Any]]:

@@ -317,6 +317,8 @@ class Engine:
         return seqs
 
     def _run_jobs(self) -> None:
+        if not self._jobs:  # unlocked peek (the common case): a job queued now runs next iteration
+            return
         while True:
             with self._jobs_lock:
                 if not self._jobs:

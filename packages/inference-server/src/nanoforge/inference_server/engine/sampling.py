@@ -112,6 +112,9 @@ def sample_batch(
         One ``Draw`` per row.
     """
     n = logits.shape[0]
+    if all(s.plain_greedy and not s.want_logprobs for s in samplers):
+        # The common case (every row greedy, nothing per row): one argmax, no index tensors.
+        return [Draw(t) for t in logits.argmax(dim=-1).tolist()]
     errors: dict[int, str] = {}
     if any(s.processors for s in samplers):
         logits = logits.clone()

@@ -100,6 +100,8 @@ class Scheduler:
     # -------------------------------------------------------------------------------- engine thread
     def collect(self) -> set[str]:
         """Move new submissions into ``waiting``; return the ids asked to be cancelled."""
+        if not self._inbox and not self._cancels:  # unlocked peek: anything posted now is seen next step
+            return set()
         with self._cond:
             inbox, self._inbox = self._inbox, []
             cancels, self._cancels = self._cancels, set()
