@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench/train.py                   # step speed: ours vs GPT2LMHeadModel
     .venv/bin/python tools/bench/train.py --shakespeare     # val loss at iter 2000 + wall time
+    .venv/bin/python tools/bench/train.py --dtype bfloat16 --clock cpu   # bf16 autocast for both; CPU seconds
 
 Speed mode: the same GPT-2-shaped config for both (learned positions, LayerNorm with bias, gelu_tanh, biases,
 tied embeddings, dropout 0), the same AdamW (``nanoforge.trainer.optim.build_adamw``: decay on 2-D
@@ -20,6 +21,7 @@ What it does not do: GPU runs, or anything that is a test (no assertions on spee
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -74,16 +76,20 @@ def _ours(n_layer: int, n_head: int, d_model: int, block: int, vocab: int) -> to
     return build_model(cfg)
 
 
-def _stepper(model: torch.nn.Module, hf: bool):  # type: ignore[no-untyped-def]
+def _stepper(model: torch.nn.Module, hf: bool, dtype: str = "float32", compile: bool = False):  # type: ignore[no-untyped-def]
     from nanoforge.trainer.optim import build_adamw
+    from nanoforge.trainer.pretrain import AUTOCAST
 
+    device = torch.device("cpu")
     opt = build_adamw(
-        model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8, impl="auto", device=torch.device("cpu")
+        model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8, impl="auto", device=device
     )
     model.train()
+    fwd = torch.compile(model) if compile else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        logits = model(x).logits if hf else model(x)  # (B, T, V)
+        with AUTOCAST[dtype](device):  # the recipe's autocast table, applied to both models alike
+            logits = fwd(x).logits if hf else fwd(x)  # (B, T, V)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -102,12 +108,20 @@ SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
 }
 
 
+#: --clock: wall seconds, or this process's CPU seconds (all threads; with 1 thread = compute time, which
+#: other jobs on a shared machine barely change).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def speed(args: argparse.Namespace) -> None:
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.rounds} rounds x {args.steps} steps"
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.rounds} rounds x {args.steps} steps, "
+        f"dtype {args.dtype}{', torch.compile' if args.compile else ''}, clock {args.clock}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print("| size | shape (L, H, C, T, V, B) | params | nanoforge tok/s | transformers tok/s | ratio |")
     print("|---|---|---:|---:|---:|---:|")
+    clock = CLOCKS[args.clock]
     for size in args.sizes.split(","):
         if size not in SIZES:
             raise SystemExit(f"--sizes: unknown size {size!r}; accepted: {', '.join(SIZES)}")
@@ -117,7 +131,7 @@ def speed(args: argparse.Namespace) -> None:
         models = {"ours": (_ours(*shape), False), "peer": (_peer(*shape), True)}
         n_params = sum(p.numel() for p in models["ours"][0].parameters())
         assert n_params == sum(p.numel() for p in models["peer"][0].parameters()), "configs differ"
-        steppers = {k: _stepper(m, hf) for k, (m, hf) in models.items()}
+        steppers = {k: _stepper(m, hf, args.dtype, args.compile) for k, (m, hf) in models.items()}
         g = torch.Generator().manual_seed(0)
         batches = [torch.randint(vocab, (batch, block + 1), generator=g) for _ in range(args.steps)]
         tokens = batch * block * args.steps
@@ -127,10 +141,10 @@ def speed(args: argparse.Namespace) -> None:
         rates: dict[str, list[float]] = {k: [] for k in steppers}
         for _ in range(args.rounds):  # alternate so that outside load hits both alike
             for name, step in steppers.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 for b in batches:
                     step(b[:, :-1], b[:, 1:])
-                rates[name].append(tokens / (time.perf_counter() - t0))
+                rates[name].append(tokens / (clock() - t0))
         ours, peer = statistics.median(rates["ours"]), statistics.median(rates["peer"])
         print(
             f"| {size} | {SIZES[size]} | {n_params:,} | {ours:,.0f} | {peer:,.0f} | {ours / peer:.2f}x |",
@@ -196,6 +210,11 @@ def main() -> None:
     p.add_argument("--sizes", default="shakespeare,small", help=f"comma-separated; from {', '.join(SIZES)}")
     p.add_argument("--steps", type=int, default=20, help="steps per round")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast, both models"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall or process CPU seconds")
     p.add_argument(
         "overrides", nargs="*", help="config overrides for --shakespeare, e.g. train.max_iters=200"
     )

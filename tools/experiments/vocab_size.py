@@ -12,12 +12,25 @@ the held-out 10% (higher = fewer tokens for the same text), training wall time, 
 model's parameters spent on the (tied) embedding: width 512, 8 layers, non-embedding parameters taken as
 12 * L * d^2 (attention 4d^2 + MLP 8d^2 per layer), embedding V * d. Writes ``vocab_size.md`` (table) and
 ``vocab_size.png`` (plot) into ``--out``.
-What it does not do: train a model (the loss-per-byte side of the trade-off is another experiment).
+With ``--downstream 8192,32768`` it also trains one small GPT per listed vocab on the same training documents
+(the first ``--train-mb`` MB of them) at **equal training compute** and reports held-out bits per byte, the
+loss measure that compares models with different tokenizers fairly. Equal compute means equal training
+FLOPs as ``nanoforge.core_model.info.flops_per_token(...)["training"]`` counts them (6 x matmul parameters,
+LM head included, + attention) times tokens: the smallest listed vocab trains ``--model-steps`` steps of
+``batch x block`` tokens, every other vocab as many steps as the same FLOPs buy. Same body for all (4 layers,
+4 heads, width 128, block 128, batch 16, AdamW lr 2e-3, 10% warmup then cosine, clip 1.0, seed 1337), only
+the vocabulary (and so the embedding / LM head) differs. ``--equal-tokens`` adds, for the larger vocabs, a
+run of ``--model-steps`` steps (equal tokens, more compute) to separate the two effects. Bits per byte: the
+model's mean next-token loss over the held-out documents, cut into non-overlapping ``block``-token windows,
+in bits, times held-out tokens / held-out UTF-8 bytes. Writes ``vocab_size_downstream.png`` too.
+
+What it does not do: tune the model per vocab, repeat seeds, or train long (minutes on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -51,7 +64,8 @@ def load_docs(inputs: list[str], max_mb: float) -> list[str]:
     return docs
 
 
-def run(docs: list[str], vocabs: list[int]) -> list[dict]:
+def run(docs: list[str], vocabs: list[int], keep: dict | None = None) -> list[dict]:
+    """Train one BPE per vocab on the training documents (``keep[vocab] = tokenizer`` when given)."""
     from nanoforge.tokenizer import train_bpe
 
     if len(docs) < 2:
@@ -68,6 +82,8 @@ def run(docs: list[str], vocabs: list[int]) -> list[dict]:
             t = time.perf_counter()
             tok = train_bpe(path, vocab_size=vocab, show_progress=False)
             secs = time.perf_counter() - t
+            if keep is not None:
+                keep[vocab] = tok
             n_tokens = sum(map(len, tok.encode_batch(held)))
             emb = tok.vocab_size * D_MODEL
             rows.append(
@@ -147,7 +163,7 @@ def markdown(rows: list[dict], cmd: str, corpus: str, docs: int) -> str:
         "Reading: going from {a} to {b} ids shortens the held-out text by {c:.0f}% (same bytes, fewer tokens, so a "
         "fixed context window sees {d:.0f}% more text), while the embedding grows from {e:.0f}% to {f:.0f}% of this "
         "small model's parameters and training takes {g:.1f}x as long. Whether the shorter sequences pay for the "
-        "bigger softmax and embedding is measured in bits per byte by a model-training experiment, not here.".format(
+        "bigger softmax and embedding is measured in bits per byte by training models (`--downstream`, next section).".format(
             a=first["vocab"],
             b=last["vocab"],
             c=100 * (1 - first["bytes_per_token"] / last["bytes_per_token"]),
@@ -157,6 +173,217 @@ def markdown(rows: list[dict], cmd: str, corpus: str, docs: int) -> str:
             g=last["seconds"] / first["seconds"],
         ),
     ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ downstream models
+BODY = ["model.n_layer=4", "model.n_head=4", "model.d_model=128", "model.max_seq_len=128"]
+BLOCK, BATCH = 128, 16
+
+
+def _encode(tok, docs: list[str]):  # type: ignore[no-untyped-def]
+    """Documents -> one uint array with <|endoftext|> after each (when the tokenizer has it)."""
+    import numpy as np
+
+    eot = tok.special_tokens.get("<|endoftext|>")
+    ids: list[int] = []
+    for doc_ids in tok.encode_batch(docs):
+        ids += doc_ids + ([eot] if eot is not None else [])
+    return np.asarray(ids, dtype=np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+
+
+def _limit(docs: list[str], mb: float) -> tuple[list[str], int]:
+    """The first documents up to ``mb`` MB of UTF-8, and their byte count."""
+    out, size = [], 0
+    for d in docs:
+        if size >= mb * 1e6:
+            break
+        out.append(d)
+        size += len(d.encode("utf-8"))
+    return out, size
+
+
+def heldout_bpb(model_dir: Path, val_ids, val_bytes: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(mean loss in nats/token, bits per byte) over all held-out tokens in non-overlapping windows."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from nanoforge.core_model.checkpoint import load_model
+
+    model = load_model(model_dir).eval()
+    ids = torch.from_numpy(val_ids.astype("int64"))
+    n = (len(ids) - 1) // BLOCK * BLOCK
+    x = ids[:n].view(-1, BLOCK)  # (N, T)
+    y = ids[1 : n + 1].view(-1, BLOCK)  # (N, T)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), 64):
+            logits = model(x[i : i + 64])  # (b, T, V)
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), y[i : i + 64].reshape(-1), reduction="sum"
+            ).item()
+    nats = total / n
+    return nats, nats / math.log(2) * len(val_ids) / val_bytes
+
+
+def downstream(docs: list[str], toks: dict, args: argparse.Namespace) -> list[dict]:
+    """Train one small model per vocab at equal training FLOPs; held-out bits per byte for each."""
+    from nanoforge.core_model.info import flops_per_token
+    from nanoforge.trainer.config import load_config
+    from nanoforge.trainer.data import open_data
+    from nanoforge.trainer.prepare import write_arrays
+    from nanoforge.trainer.pretrain import resolve_config
+    from nanoforge.trainer.pretrain import run as pretrain
+
+    train, size = _limit([d for i, d in enumerate(docs) if i % 10], args.train_mb)
+    held, held_bytes = _limit(docs[::10], args.val_mb)
+    vocabs = sorted(toks)
+    arms = [(v, "equal FLOPs") for v in vocabs]
+    if args.equal_tokens:
+        arms += [(v, "equal tokens") for v in vocabs[1:]]
+
+    def cfg_for(vocab: int, data: Path, steps: int):  # type: ignore[no-untyped-def]
+        warm = max(1, steps // 10)
+        return load_config(
+            "shakespeare-char",
+            [
+                *BODY,
+                f"data.dir={data}",
+                "model.vocab_size=null",
+                f"train.batch_size={BATCH}",
+                f"train.block_size={BLOCK}",
+                f"train.max_iters={steps}",
+                f"train.eval_interval={steps}",
+                "train.eval_iters=5",
+                "train.log_interval=10",
+                f"train.threads={args.threads}",
+                "train.device=cpu",
+                "optim.lr=2e-3",
+                "schedule.min_lr=2e-4",
+                f"schedule.warmup_iters={warm}",
+                f"schedule.decay_iters={steps}",
+                f"checkpoint.interval={steps}",
+                "checkpoint.keep_last=1",
+                "log.tensorboard=false",
+                "log.progress=false",
+            ],
+        )
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        datas, flops, n_train = {}, {}, {}
+        for v in vocabs:
+            tok = toks[v]
+            tr, va = _encode(tok, train), _encode(tok, held)
+            datas[v] = (Path(tmp) / f"data{v}", va)
+            write_arrays(
+                datas[v][0], {"train": tr, "val": va}, tok, {"train": size, "val": held_bytes}, ["corpus"]
+            )
+            model_cfg = resolve_config(cfg_for(v, datas[v][0], 10), open_data(datas[v][0])).model_config()
+            flops[v] = flops_per_token(model_cfg, BLOCK)["training"]
+            n_train[v] = len(tr)
+        budget = args.model_steps * BATCH * BLOCK * flops[vocabs[0]]
+        for v, kind in arms:
+            steps = args.model_steps if kind == "equal tokens" else round(budget / (BATCH * BLOCK * flops[v]))
+            data, val_ids = datas[v]
+            curve: list[tuple[int, float]] = []
+            out = Path(tmp) / f"run{v}-{kind.split()[1]}"
+            summary = pretrain(
+                cfg_for(v, data, steps),
+                out,
+                on_log=lambda r, c=curve: c.append((r["step"], r["loss"])) if r["kind"] == "train" else None,
+            )
+            nats, bpb = heldout_bpb(Path(summary["final"]), val_ids, held_bytes)
+            tokens = steps * BATCH * BLOCK
+            rows.append(
+                {
+                    "vocab": v,
+                    "arm": kind,
+                    "steps": steps,
+                    "tokens": tokens,
+                    "train_bytes_seen": tokens * size / n_train[v],
+                    "flops": tokens * flops[v],
+                    "flops_per_token": flops[v],
+                    "val_tokens": len(val_ids),
+                    "val_bytes": held_bytes,
+                    "heldout_loss": nats,
+                    "heldout_bpb": bpb,
+                    "wall_s": summary["wall_s"],
+                    "tokens_per_s": summary["tokens_per_s"],
+                    "curve": curve,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"vocab {v:6d} ({kind}): {steps} steps, {tokens:,} tokens, {r['flops'] / 1e12:.2f} TFLOP, "
+                f"held-out {nats:.4f} nats/token = {bpb:.4f} bits/byte, {r['wall_s']:.0f} s",
+                flush=True,
+            )
+    return rows
+
+
+def plot_downstream(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for r in rows:
+        steps, losses = zip(*r["curve"])
+        flops = [s * BATCH * BLOCK * r["flops_per_token"] / 1e12 for s in steps]
+        bpt = r["val_tokens"] / r["val_bytes"]  # tokens per byte of this vocab on the held-out text
+        label = f"{r['vocab'] // 1024}k, {r['arm']}"
+        axes[0].plot(flops, [x / 0.6931471805599453 * bpt for x in losses], label=label, lw=1.2)
+    axes[0].set_xlabel("training compute (TFLOP)")
+    axes[0].set_ylabel("train loss in bits per byte (approx.)")
+    axes[0].set_title("train loss vs compute", fontsize=10)
+    names = [f"{r['vocab'] // 1024}k\n{r['arm']}" for r in rows]
+    axes[1].bar(names, [r["heldout_bpb"] for r in rows], color=["C0", "C1", "C2", "C3"][: len(rows)])
+    for i, r in enumerate(rows):
+        axes[1].text(i, r["heldout_bpb"], f"{r['heldout_bpb']:.3f}", ha="center", va="bottom", fontsize=9)
+    axes[1].set_ylabel("held-out bits per byte (lower = better)")
+    axes[1].set_title("downstream bits per byte", fontsize=10)
+    lo = min(r["heldout_bpb"] for r in rows)
+    axes[1].set_ylim(lo * 0.9, max(r["heldout_bpb"] for r in rows) * 1.03)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def markdown_downstream(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        "",
+        "## Downstream: bits per byte of small models at equal training compute",
+        "",
+        f"One GPT per vocab (4 layers, 4 heads, width 128, block {BLOCK}, batch {BATCH}, learned positions, tied "
+        "embeddings, AdamW lr 2e-3 with 10% warmup then cosine to 2e-4, clip 1.0, seed 1337), trained with "
+        f"`nanoforge.trainer.pretrain.run` on the first {args.train_mb:g} MB of the training documents, "
+        f"{args.threads} torch thread(s). **Equal compute** = equal training FLOPs counted by "
+        "`flops_per_token(...)['training']` (6 x matmul parameters including the LM head, + attention) x tokens: "
+        f"the {rows[0]['vocab']} vocab trains {rows[0]['steps']} steps, the others as many steps as the same FLOPs "
+        "buy (a bigger vocab costs more FLOPs per token through its LM head, so it sees fewer tokens, though each "
+        "token carries more bytes). Held-out: the first "
+        f"{args.val_mb:g} MB of the held-out documents, every token scored in non-overlapping {BLOCK}-token windows; "
+        "bits per byte = mean loss / ln 2 x held-out tokens / held-out bytes.",
+        "",
+        "| vocab | arm | steps | train tokens | train bytes seen | FLOPs/token | train compute (TFLOP) | held-out loss "
+        "(nats/token) | held-out bits/byte | train wall (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['vocab']} | {r['arm']} | {r['steps']} | {r['tokens']:,} | {r['train_bytes_seen'] / 1e6:.2f} MB | "
+            f"{r['flops_per_token'] / 1e6:.1f}M | {r['flops'] / 1e12:.2f} | {r['heldout_loss']:.4f} | "
+            f"**{r['heldout_bpb']:.4f}** | {r['wall_s']:.0f} |"
+        )
+    lines += ["", "![downstream bits per byte](vocab_size_downstream.png)", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -170,10 +397,26 @@ def main() -> None:
     parser.add_argument(
         "--out", default=str(ROOT / "docs" / "experiments"), help="directory for the .md and .png"
     )
+    parser.add_argument(
+        "--downstream",
+        default="",
+        help="comma-separated vocabs (from --vocabs) to train models for, e.g. 8192,32768",
+    )
+    parser.add_argument("--model-steps", type=int, default=300, help="steps of the smallest downstream vocab")
+    parser.add_argument(
+        "--equal-tokens", action="store_true", help="also train the bigger vocabs on equal tokens"
+    )
+    parser.add_argument("--train-mb", type=float, default=4.0, help="training text for the downstream models")
+    parser.add_argument("--val-mb", type=float, default=0.5, help="held-out text scored for bits per byte")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the downstream models")
     args = parser.parse_args()
     vocabs = sorted(int(v) for v in args.vocabs.split(","))
+    down = sorted(int(v) for v in args.downstream.split(",") if v)
+    if any(v not in vocabs for v in down):
+        raise SystemExit(f"error: --downstream {down} must be among --vocabs {vocabs}")
     docs = load_docs(args.corpus, args.max_mb)
-    rows = run(docs, vocabs)
+    toks: dict = {}
+    rows = run(docs, vocabs, toks)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, out / "vocab_size.png")
@@ -181,6 +424,11 @@ def main() -> None:
     stdlib = "the local Python standard library (*.py, *.txt, *.rst; see the script docstring)"
     name = stdlib if args.corpus == ["stdlib"] else " ".join(args.corpus)
     text = markdown(rows, cmd, f"{name}, first {args.max_mb:g} MB", len(docs))
+    if down:
+        drows = downstream(docs, {v: toks[v] for v in down}, args)
+        plot_downstream(drows, out / "vocab_size_downstream.png")
+        text += markdown_downstream(drows, args)
+        (out / "vocab_size_downstream.json").write_text(json.dumps(drows, indent=1))
     tmp = out / "vocab_size.md.tmp"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out / "vocab_size.md")

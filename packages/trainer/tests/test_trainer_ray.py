@@ -117,3 +117,63 @@ def test_ray_cli_flags_reach_the_launcher(tmp_path: Path, ft_overrides: list[str
     (recipe, method, out, kw) = calls[0]
     assert (recipe, method, out) == ("finetune", "lora", tmp_path / "r")
     assert kw == {"resume": False, "num_workers": 4, "address": "ray://head:10001", "max_failures": 3}
+
+
+def test_prepare_on_ray_data_writes_the_same_bytes(
+    local_ray, tmp_path: Path, corpus_dir: Path, tokenizer_dir: Path
+) -> None:
+    from nanoforge.trainer.prepare import prepare
+    from nanoforge.trainer.ray_launcher import prepare_ray
+
+    # small blocks: the six files become many parts, spread over two encoding actors
+    kw = {"val_fraction": 0.2, "doc_split": "paragraph", "block_bytes": 2000}
+    local = prepare([corpus_dir], tokenizer_dir, tmp_path / "local", **kw)
+    seen: list[tuple[int, int]] = []
+    on_ray = prepare_ray(
+        [corpus_dir],
+        tokenizer_dir,
+        tmp_path / "ray",
+        num_workers=2,
+        on_part=lambda d, t: seen.append((d, t)),
+        **kw,
+    )
+    assert seen[-1][0] == seen[-1][1] > 12  # every block went through Ray
+    assert on_ray == local == json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert local["splits"]["val"]["tokens"] > 0 and local["splits"]["train"]["tokens"] > 0
+    for name in ("train.bin", "val.bin", "tokenizer/tokenizer.json"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert not (tmp_path / "ray" / "parts").exists()
+
+    bad = tmp_path / "bad.jsonl"  # bad input in a Ray task: the same one-line ValueError as the local path
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: not valid JSON"):
+        prepare_ray([bad], tokenizer_dir, tmp_path / "bad-out", doc_split="jsonl", num_workers=1)
+
+
+def test_prepare_ray_flags_reach_prepare_ray(tmp_path: Path, corpus_dir: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from nanoforge.trainer import ray_launcher
+    from nanoforge.trainer.cli import group
+
+    calls = []
+
+    def fake_prepare_ray(inputs, tokenizer, out, **kw):
+        calls.append((inputs, tokenizer, out, {k: v for k, v in kw.items() if k != "on_part"}))
+        split = {"tokens": 10, "documents": 1, "bytes_per_token": 1.0}
+        return {"splits": {"train": split, "val": split}, "dtype": "uint16"}
+
+    monkeypatch.setattr(ray_launcher, "prepare_ray", fake_prepare_ray)
+    args = ["prepare", "--input", str(corpus_dir), "--tokenizer", "byte", "--out", str(tmp_path / "d")]
+    r = CliRunner().invoke(group, [*args, "--ray", "--workers", "3", "--ray-address", "auto"])
+    assert r.exit_code == 0, r.output
+    assert calls == [
+        (
+            [str(corpus_dir)],
+            "byte",
+            tmp_path / "d",
+            {"num_workers": 3, "address": "auto", "val_fraction": 0.1, "doc_split": "file"},
+        )
+    ]
+    r = CliRunner().invoke(group, [*args, "--ray-address", "auto"])
+    assert r.exit_code != 0 and "--ray-address=auto needs --ray" in r.output

@@ -1,6 +1,7 @@
 """``nanoforge train``: prepare token data, pretrain, list checkpoints.
 
     nanoforge train prepare --input corpus/ --tokenizer tok/ --out data/demo [--val-fraction 0.1]
+    nanoforge train prepare ... --ray --workers 4 [--ray-address ADDR]     (Ray Data, same output bytes)
     nanoforge train pretrain --config shakespeare-char data.dir=data/shak --out runs/shak [--resume]
     nanoforge train checkpoints runs/shak
     nanoforge train sft --config sft-demo base.model=runs/shak/final data.train=chats.jsonl --out runs/sft
@@ -81,24 +82,39 @@ def group() -> None:
     type=click.Choice(["file", "paragraph", "line", "jsonl"]),
     help="What one document is (the unit of the train/val split).",
 )
-@click.option("--workers", default=1, show_default=True, type=int, help="Encoding processes.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Encoding processes (Ray: actors).")
+@click.option("--ray", "use_ray", is_flag=True, help="Encode as Ray Data tasks (same output bytes).")
+@click.option("--ray-address", default=None, help="Ray: join this cluster (default: a local Ray).")
 def prepare_cmd(
-    inputs: tuple[str, ...], tokenizer: str, out_dir: Path, val_fraction: float, doc_split: str, workers: int
+    inputs: tuple[str, ...],
+    tokenizer: str,
+    out_dir: Path,
+    val_fraction: float,
+    doc_split: str,
+    workers: int,
+    use_ray: bool,
+    ray_address: str | None,
 ) -> None:
     """Tokenize a corpus into train/val token memmaps with a manifest (resumable)."""
     from nanoforge.trainer.prepare import prepare
 
+    if ray_address is not None and not use_ray:
+        raise UserError(f"--ray-address={ray_address} needs --ray")
     with progress() as bar:
         task = bar.add_task("prepare", total=None, info="")
-        manifest = prepare(
-            list(inputs),
-            tokenizer,
-            out_dir,
-            val_fraction=val_fraction,
-            doc_split=doc_split,
-            workers=workers,
-            on_part=lambda done, total: bar.update(task, completed=done, total=total, info="files"),
-        )
+        kwargs: dict[str, Any] = {
+            "val_fraction": val_fraction,
+            "doc_split": doc_split,
+            "on_part": lambda done, total: bar.update(task, completed=done, total=total, info="blocks"),
+        }
+        if use_ray:
+            from nanoforge.trainer.ray_launcher import prepare_ray
+
+            manifest = prepare_ray(
+                list(inputs), tokenizer, out_dir, num_workers=workers, address=ray_address, **kwargs
+            )
+        else:
+            manifest = prepare(list(inputs), tokenizer, out_dir, workers=workers, **kwargs)
     s = manifest["splits"]
     click.echo(
         f"{out_dir}: train {s['train']['tokens']:,} tokens ({s['train']['documents']} docs), "

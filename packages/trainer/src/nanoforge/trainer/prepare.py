@@ -18,7 +18,11 @@ Layout of the output directory::
                           eot_id, splits: {train: {tokens, bytes, documents}, val: {...}}, sources, ...}
     tokenizer/           the tokenizer the ids came from (its hash is in the manifest)
 
-What it does not do: shuffle or pack sequences (the loader samples random windows), Ray (later).
+The encoding of the parts is pluggable (``runner``): worker processes here (``run_local``), Ray Data tasks
+in ``ray_launcher.prepare_ray`` (``--ray``); either way the same pure ``encode_text`` makes the ids, so the
+output bytes are identical.
+
+What it does not do: shuffle or pack sequences (the loader samples random windows), import Ray.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -40,6 +44,7 @@ import numpy as np
 from nanoforge.core_model.checkpoint import atomic_write_bytes, atomic_write_json
 from nanoforge.tokenizer import Tokenizer, load_tokenizer
 from nanoforge.tokenizer.corpus import collect_files
+from nanoforge.tokenizer.io import native_from_dict, to_native_dict
 
 FORMAT = "nanoforge-tokens"
 VERSION = 1
@@ -170,9 +175,9 @@ class PartJob:
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_spec: str) -> None:
+def _init_worker(tokenizer: dict[str, Any]) -> None:
     global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = resolve_tokenizer(tokenizer_spec)
+    _WORKER_TOKENIZER = native_from_dict(tokenizer, "prepare worker")
 
 
 def _file_id(path: Path) -> dict[str, Any]:
@@ -180,18 +185,33 @@ def _file_id(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def encode_part(job: PartJob, tok: Tokenizer | None = None) -> dict[str, Any]:
-    """Encode one file into its two part arrays and its JSON marker; returns the marker."""
-    tok = tok or _WORKER_TOKENIZER
-    assert tok is not None, "worker tokenizer not initialised"
-    path = Path(job.path)
+def read_block(job: PartJob) -> str:
+    """The text of one block (``job.start:job.end`` of ``job.path``) as UTF-8.
+
+    Raises:
+        ValueError: the block is not valid UTF-8 (named with the file).
+    """
+    with open(job.path, "rb") as f:
+        f.seek(job.start)
+        data = f.read(job.end - job.start)
     try:
-        with open(path, "rb") as f:
-            f.seek(job.start)
-            text = f.read(job.end - job.start).decode("utf-8")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{job.path}: {e}") from e
+
+
+def encode_text(job: PartJob, text: str, tok: Tokenizer) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Cut ``text`` (the block of ``job``) into documents, send each to its split, encode.
+
+    Returns:
+        ``({"train": ids, "val": ids}, stats)``: token arrays in the data dtype and per-split counts
+        ``{split: {tokens, bytes, documents}}``. Pure: the same job, text and tokenizer give the same
+        result in any process (what makes the local and the Ray paths write identical bytes).
+    """
+    try:
         docs = DOC_SPLITTERS[job.doc_split](text)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"{job.path}: {e}") from e
     eot = tok.special_tokens.get(EOT)
     dtype = token_dtype(tok.vocab_size)
     ids: dict[str, list[int]] = {s: [] for s in SPLITS}
@@ -205,14 +225,48 @@ def encode_part(job: PartJob, tok: Tokenizer | None = None) -> dict[str, Any]:
         stats[split]["tokens"] += len(doc_ids)
         stats[split]["bytes"] += len(doc.encode("utf-8"))
         stats[split]["documents"] += 1
+    return {s: np.asarray(ids[s], dtype=dtype) for s in SPLITS}, stats
+
+
+def write_part(job: PartJob, arrays: dict[str, np.ndarray], stats: dict[str, Any]) -> dict[str, Any]:
+    """Write a block's two part arrays, then its JSON marker (last: the part is complete); returns the marker."""
     out = Path(job.out_dir)
     for split in SPLITS:
-        atomic_write_bytes(
-            out / f"{job.index:06d}.{split}.bin", np.asarray(ids[split], dtype=dtype).tobytes()
-        )
-    marker = {"source": _file_id(path), "range": [job.start, job.end], "key": job.key, "splits": stats}
-    atomic_write_json(out / f"{job.index:06d}.json", marker)  # written last: the part is complete
+        atomic_write_bytes(out / f"{job.index:06d}.{split}.bin", arrays[split].tobytes())
+    marker = {
+        "source": _file_id(Path(job.path)),
+        "range": [job.start, job.end],
+        "key": job.key,
+        "splits": stats,
+    }
+    atomic_write_json(out / f"{job.index:06d}.json", marker)
     return marker
+
+
+def encode_part(job: PartJob, tok: Tokenizer | None = None) -> dict[str, Any]:
+    """Read, encode and write one block; returns its marker."""
+    tok = tok or _WORKER_TOKENIZER
+    assert tok is not None, "worker tokenizer not initialised"
+    return write_part(job, *encode_text(job, read_block(job), tok))
+
+
+#: ``runner(todo, tokenizer, workers)`` encodes and writes the parts still to do (``write_part``), yielding
+#: ``(part index, marker)`` as each finishes, in any order. ``run_local`` here; Ray Data in ``ray_launcher``.
+PartRunner = Callable[[list[PartJob], Tokenizer, int], Iterable[tuple[int, dict[str, Any]]]]
+
+
+def run_local(todo: list[PartJob], tok: Tokenizer, workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Encode parts in this process (``workers == 1``) or in a pool of spawned processes."""
+    if workers == 1 or len(todo) <= 1:
+        for job in todo:
+            yield job.index, encode_part(job, tok)
+        return
+    ctx = get_context("spawn")  # no fork after torch/threads in the parent
+    with ProcessPoolExecutor(
+        min(workers, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(to_native_dict(tok),)
+    ) as pool:
+        for job, marker in zip(todo, pool.map(encode_part, todo)):
+            yield job.index, marker
 
 
 def _part_done(job: PartJob, expected_source: dict[str, Any]) -> dict[str, Any] | None:
@@ -256,6 +310,7 @@ def prepare(
     workers: int = 1,
     on_part: Callable[[int, int], None] | None = None,
     block_bytes: int = BLOCK_BYTES,
+    runner: PartRunner | None = None,
 ) -> dict[str, Any]:
     """Tokenize ``inputs`` into ``out_dir``; returns the manifest.
 
@@ -268,6 +323,7 @@ def prepare(
         workers: encoding processes (1 = in this process).
         on_part: ``on_part(done, total)`` after each finished block (progress bars).
         block_bytes: target block size for cutting big files (``BLOCK_BYTES``).
+        runner: how the parts are encoded (``run_local``; ``ray_launcher.ray_runner`` for Ray Data).
 
     Raises:
         ValueError: bad arguments, unreadable inputs, an empty train split.
@@ -315,21 +371,10 @@ def prepare(
             todo.append(job)
     if on_part:
         on_part(len(markers), len(jobs))
-    if workers == 1 or len(todo) <= 1:
-        for job in todo:
-            markers[job.index] = encode_part(job, tok)
-            if on_part:
-                on_part(len(markers), len(jobs))
-    else:
-        spec = BYTE_TOKENIZER if str(tokenizer) == BYTE_TOKENIZER else str(tokenizer)
-        ctx = get_context("spawn")  # no fork after torch/threads in the parent
-        with ProcessPoolExecutor(
-            min(workers, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(spec,)
-        ) as pool:
-            for job, marker in zip(todo, pool.map(encode_part, todo)):
-                markers[job.index] = marker
-                if on_part:
-                    on_part(len(markers), len(jobs))
+    for index, marker in (runner or run_local)(todo, tok, workers):
+        markers[index] = marker
+        if on_part:
+            on_part(len(markers), len(jobs))
 
     dtype = token_dtype(tok.vocab_size)
     totals = {s: {"tokens": 0, "bytes": 0, "documents": 0} for s in SPLITS}
