@@ -181,14 +181,17 @@ def _decode_loop(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     state = model.new_state(B, idx.shape[1] + params.max_new_tokens) if use_cache else None
     logits = model(idx, state=state, attention_mask=mask, last_only=True)[:, -1]  # (B, V)
+    # Greedy without a penalty: the filters never remove the largest logit, so argmax needs no filtering.
+    plain_greedy = params.temperature == 0 and params.repetition_penalty == 1.0
     for step in range(params.max_new_tokens):
-        nxt = _sample(process_logits(logits, params, seen), params, gens)  # (B,)
+        nxt = _sample(logits if plain_greedy else process_logits(logits, params, seen), params, gens)  # (B,)
         out: list[int | None] = [None if d else t for t, d in zip(nxt.tolist(), done.tolist())]
         yield out
         if seen is not None:
             seen[torch.arange(B, device=device), nxt] = True
-        done = done | torch.isin(nxt, stops)
-        if bool(done.all()) or step == params.max_new_tokens - 1:
+        if len(stops):
+            done = done | torch.isin(nxt, stops)
+        if step == params.max_new_tokens - 1 or (len(stops) and bool(done.all())):
             return
         if state is not None:
             logits = model(nxt[:, None], state=state, last_only=True)[:, -1]

@@ -3,7 +3,8 @@
 What it does: assembles a decoder-only transformer from a ``ModelConfig`` by looking up builders in
 registries (norms, MLPs, positions from ``layers``; attention mixers from ``attention``), initialises it,
 and runs it on token ids, with optional left padding (``attention_mask``), explicit ``positions`` and a
-decode ``state``. Named presets live in ``PRESETS``.
+decode ``state``. Named presets live in ``PRESETS``. One-token decode steps with a state go through the lean
+``fast_decode.FastDecoder`` when it applies (``model.fast_decode = False`` forces the reference path).
 What it does not do: sampling (``generate``), files (``checkpoint``), or anything with text.
 
 Module names follow HF (tok_emb / blocks[i].attn.q_proj / mlp.gate_proj / norm_f / lm_head) so weight maps
@@ -21,6 +22,7 @@ from torch import nn
 from nanoforge.core_model.attention import ATTENTION
 from nanoforge.core_model.attention.base import Attention, Step
 from nanoforge.core_model.config import ModelConfig
+from nanoforge.core_model.fast_decode import FastDecoder
 from nanoforge.core_model.layers import MLPS, POSITIONS, build_norm
 from nanoforge.core_model.state import ModelState
 
@@ -65,6 +67,10 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
+        # Decode steps (one token per row with a state, inference only) take ``fast_decode.FastDecoder``'s
+        # lean path when it applies; False forces the reference path below (tests compare the two).
+        self.fast_decode = True
+        self._fast = FastDecoder(self)
         # GPT-2 scaled init: residual projections shrink with depth so the stream's variance stays ~constant.
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -125,6 +131,11 @@ class GPT(nn.Module):
         Returns:
             fp32 logits (B, T, V), or (B, 1, V) with ``last_only``.
         """
+        if self.fast_decode and self._fast.why_not(idx, state, attention_mask, positions) is None:
+            assert state is not None
+            if state.batch_size != idx.shape[0]:
+                raise ValueError(f"state has batch_size={state.batch_size} but idx has {idx.shape[0]} rows")
+            return self._fast.step(idx, state)
         if idx.dim() != 2:
             raise ValueError(f"idx must be a (batch, seq) tensor of token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
@@ -138,12 +149,7 @@ class GPT(nn.Module):
             if bool(token_mask.all()):
                 token_mask = None
         step = self._make_step(B, T, idx.device, state, token_mask, positions)
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.config.positions == "learned":
-            x = x + self.pos_emb(step.positions)
-        elif self.pos_enc is not None:
-            x = x + self.pos_enc(step.positions).to(x.dtype)
-        x = self.drop(x)
+        x = self.drop(self.embed(idx, step.positions))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, step, state.layers[i] if state is not None else None)
         if state is not None:
@@ -155,6 +161,15 @@ class GPT(nn.Module):
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings plus additive position encodings (learned / sinusoidal), (B, T) -> (B, T, C)."""
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.config.positions == "learned":
+            x = x + self.pos_emb(positions)
+        elif self.pos_enc is not None:
+            x = x + self.pos_enc(positions).to(x.dtype)
+        return x
 
     def _make_step(
         self,

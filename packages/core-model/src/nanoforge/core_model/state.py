@@ -62,12 +62,7 @@ class ModelState:
             ValueError: if a row would exceed ``max_len`` slots.
         """
         B, T = self.batch_size, seq_len
-        used = self.offset if self.offset is not None else int(self.lengths.max().item())
-        if used + T > self.max_len:
-            raise ValueError(
-                f"decode state is full: {used} slots used + {T} new tokens > max_len={self.max_len}; "
-                "create the state with a larger max_len"
-            )
+        used = self._room_for(T)
         device = self.lengths.device
         steps = torch.arange(T, device=device)
         slots = self.lengths[:, None] + steps  # (B, T)
@@ -90,6 +85,29 @@ class ModelState:
         return StepSlots(
             positions=positions, slots=slots, offset=self.offset, kv_len=kv_len, key_valid=key_valid
         )
+
+    def reserve_one(self) -> tuple[int | None, int]:
+        """``prepare`` for one real token per row at default positions (the decode fast path).
+
+        Marks each row's next slot as real. Returns (the common slot, or None when rows are unaligned and each
+        writes at its own ``lengths``; the kv_len to attend to).
+        """
+        used = self._room_for(1)
+        if self.offset is not None:
+            self.valid[:, used] = True
+            return used, used + 1
+        self.valid[torch.arange(self.batch_size, device=self.valid.device), self.lengths] = True
+        return None, used + 1
+
+    def _room_for(self, T: int) -> int:
+        """Slots used by the longest row, after checking ``T`` more fit."""
+        used = self.offset if self.offset is not None else int(self.lengths.max().item())
+        if used + T > self.max_len:
+            raise ValueError(
+                f"decode state is full: {used} slots used + {T} new tokens > max_len={self.max_len}; "
+                "create the state with a larger max_len"
+            )
+        return used
 
     def advance(self, token_mask: torch.Tensor | None, seq_len: int) -> None:
         """Commit ``seq_len`` tokens per row (after the forward)."""
