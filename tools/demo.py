@@ -8,7 +8,11 @@ Stages that exist today (later issues extend this same script):
   4b. LoRA       `nanoforge train lora` on instruction records made from the corpus (PEFT-format adapter)
   5. serve       `nanoforge serve` on loopback with the adapter: a chat completion through the official
                  openai client, a streamed generation over gRPC, and the same chat with and without the adapter
-  6. evaluate    `nanoforge eval run` on held-out docstrings: bits per byte and continuation quality,
+  6. RAG         `nanoforge retriever index/calibrate/ask` over the same corpus: answers with citations,
+                 and an abstention for a question whose answer is not in it (tools/demo_rag.py)
+  7. recommender simulated user events -> a sequence model -> next-event recommendations, the
+                 RecommenderService over gRPC, and the ad-copy studio once (tools/demo_recommender.py)
+  8. evaluate    `nanoforge eval run` on held-out docstrings: bits per byte and continuation quality,
                  with bootstrap intervals, cost and latency, as Markdown/HTML reports
 
 Every stage runs through the public `nanoforge` command, as a user would. Usage:
@@ -23,6 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# Sibling scripts (tools/ is on sys.path when this file runs as a script).
+from demo_rag import stage_rag
+from demo_recommender import stage_recommender
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -174,7 +182,7 @@ def _write_eval_tasks(out: Path) -> list[Path]:
     return [tasks / "perplexity.yaml", tasks / "continue.yaml"]
 
 
-def stage_serve_and_eval(out: Path, model_dir: Path, adapter: Path | None = None) -> None:
+def stage_serve_and_eval(out: Path, model_dir: Path, corpus: Path, adapter: Path | None = None) -> None:
     """Serve the model on loopback; call it with the openai client and over gRPC; evaluate it."""
     banner("5. serve: gRPC + OpenAI-compatible HTTP on loopback")
     import re
@@ -225,9 +233,13 @@ def stage_serve_and_eval(out: Path, model_dir: Path, adapter: Path | None = None
             for name in ("", "summaries"):
                 reply = grpc_client.generate(messages, adapter=name, max_new_tokens=24, temperature=0.0)
                 print(f"chat over gRPC, adapter {name or '(base)'!r}: {reply.completions[0].text!r}")
+        banner("6. RAG: index the corpus, answer with citations, abstain when the answer is not there")
+        stage_rag(out, corpus, f"127.0.0.1:{ports['grpc']}")
+        banner("7. recommender: next events for simulated users, the service, and the ad-copy studio")
+        stage_recommender(out / "recommender", f"127.0.0.1:{ports['grpc']}")
         tasks = _write_eval_tasks(out)
         if tasks:
-            banner("6. evaluate: held-out perplexity and continuation quality, with intervals")
+            banner("8. evaluate: held-out perplexity and continuation quality, with intervals")
             for task in tasks:
                 nanoforge(
                     "eval", "run", str(task), "--backend", f"demo=grpc:127.0.0.1:{ports['grpc']}",
@@ -255,7 +267,7 @@ def main() -> None:
     model_dir = stage_model(out, corpus, tok_dir, args.train_iters)
     stage_generate(model_dir)
     adapter = stage_lora(out, corpus, model_dir, args.lora_iters)
-    stage_serve_and_eval(out, model_dir, adapter)
+    stage_serve_and_eval(out, model_dir, corpus, adapter)
     banner(f"done in {time.time() - t0:.0f} s; artifacts in {out}")
 
 
