@@ -238,6 +238,34 @@ def test_text_in_and_out_with_native_tokenizer(native_dir: Path) -> None:
     assert streamed.exit_code == 0 and streamed.stdout == tok.decode(expected) + "\n"
 
 
+def test_stop_token_is_kept_in_ids_but_not_printed(native_dir: Path) -> None:
+    tok_mod = pytest.importorskip("nanoforge.tokenizer")
+    from nanoforge.tokenizer.io import save_tokenizer
+
+    tok = tok_mod.Tokenizer([])  # byte-level, 256 ids: matches the model's vocab
+    save_tokenizer(tok, native_dir / "tokenizer")
+    args = [
+        "generate",
+        "--model",
+        native_dir,
+        "--prompt",
+        "héllo",
+        "--max-new-tokens",
+        10,
+        "--temperature",
+        0,
+    ]
+    free = json_out(run(*args, "--json"))["ids"]
+    eos = free[3]
+    (native_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    out = json_out(run(*args, "--json"))
+    kept = free[: free.index(eos) + 1]
+    assert out["ids"] == kept and out["ids"][-1] == eos
+    assert out["text"] == tok.decode(kept[:-1])
+    streamed = run(*args)
+    assert streamed.exit_code == 0 and streamed.stdout == tok.decode(kept[:-1]) + "\n"
+
+
 def test_text_with_hf_tokenizer_json(hf_dir: Path) -> None:
     pytest.importorskip("nanoforge.tokenizer.hf")
     tokenizers = pytest.importorskip("tokenizers")

@@ -167,6 +167,7 @@ def generate_cmd(
             ids = parse_ids(str(prompt_ids), model.config.vocab_size)
         decoder = tokenizer.stream_decoder() if tokenizer is not None else None
         out_ids: list[int] = []
+        stops = stop_ids(model_dir)
         steps = stream_generate(
             model,
             [ids],
@@ -175,18 +176,21 @@ def generate_cmd(
             top_k=top_k or 0,
             top_p=1.0 if top_p is None else top_p,
             seed=seed,
-            stop_token_ids=stop_ids(model_dir),
+            stop_token_ids=stops,
         )
         for step in steps:  # one token per prompt per step; None once a row has stopped
             token = step[0]
             if token is None:
                 break
             out_ids.append(int(token))
+            if int(token) in stops:  # the stop token ends the text; it is kept in `ids`, never printed
+                break
             if not as_json:
                 click.echo(decoder.push(token) if decoder is not None else f"{token} ", nl=False)
                 sys.stdout.flush()
     if as_json:
-        text = tokenizer.decode(out_ids) if tokenizer is not None else None
+        text_ids = out_ids[:-1] if out_ids and out_ids[-1] in stops else out_ids
+        text = tokenizer.decode(text_ids) if tokenizer is not None else None
         click.echo(json.dumps({"ids": out_ids, "text": text}, ensure_ascii=False))
     else:
         click.echo(decoder.flush() if decoder is not None else "")
