@@ -15,35 +15,51 @@
    completion tokens/s (wall), p50/p99 latency, and cost per 1k requests = the server's measured
    CPU-seconds (/proc) x the cost table's $/CPU-hour (cost.DEFAULT_PRICES["local"]); the server's peak RSS.
 4. The Pareto front on (ROUGE-L high, cost low, p50 latency low) comes from report.pareto_front.
+5. RAG axis (``--rag``, on when ../shared/data/clapnq-dev exists): a `nanoforge retriever serve --inference`
+   child over a seeded 200-passage ClapNQ dev subset (MiniLM embedder), 60 questions from the test half of
+   docs/experiments/rag.md's split (half answerable), asked through the harness's ``rag`` task and
+   ``RetrieverBackend``: search mode (bm25 / dense / hybrid) x k (2, 5) x answer setting (extractive;
+   generative through a second `nanoforge serve` of the chat demo model, groundedness gate 0.5 or off).
+   Per config: answer token-F1, citation precision, abstention rates, p50/p99 latency, cost per 1k requests
+   from the CPU-seconds of BOTH servers; its own Pareto front and docs/experiments/cost_quality_sweep_rag.png.
+   The sweep model cannot answer here: it has no chat template, which generative Ask needs.
 
-Writes WORK/results.json, docs/experiments/cost_quality_sweep.png and prints the Markdown table.
-What it deliberately does not do: GPU runs, RAG settings (see docs/experiments/chunking*), or tuning the
-server beyond --max-batch-size.
+Writes WORK/results.json, WORK/rag_results.json, the two PNGs and prints the Markdown tables.
+What it deliberately does not do: GPU runs, chunking settings (see docs/experiments/retrieval.md), recalibrate
+the abstention threshold, or tune the servers beyond --max-batch-size.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
+import random
+import re
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from nanoforge.api.retriever.v1 import retriever_pb2 as ret_pb
 from nanoforge.evaluation.backends import GrpcBackend, proc_cpu_seconds
 from nanoforge.evaluation.cost import DEFAULT_PRICES
 from nanoforge.evaluation.harness import RunOptions, percentile, run_system, summarise
 from nanoforge.evaluation.io import write_text_atomic
+from nanoforge.evaluation.metrics import token_f1
 from nanoforge.evaluation.prompting import PromptTemplate
 from nanoforge.evaluation.report import pareto_front
+from nanoforge.evaluation.services import RetrieverBackend
 from nanoforge.evaluation.task import Task
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+CLAPNQ = ROOT.parent / "shared" / "data" / "clapnq-dev"
 CLI = [sys.executable, "-m", "nanoforge.cli"]
 QUANTS = {"fp32": None, "int8": "int8", "int4": "int4"}
 DECODING = {
@@ -109,8 +125,19 @@ def held_out(n_gen: int, n_bpb: int) -> tuple[list[dict[str, str]], list[dict[st
 class Server:
     """A `nanoforge serve` child process (gRPC only) on a free loopback port."""
 
-    def __init__(self, model: Path, quantize: str | None, log: Path) -> None:
-        cmd = [*CLI, "serve", "--model", str(model), "--port", "0", "--no-http", "--max-batch-size", "16"]
+    def __init__(self, model: Path, quantize: str | None, log: Path, extra: tuple[str, ...] = ()) -> None:
+        cmd = [
+            *CLI,
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            "0",
+            "--no-http",
+            "--max-batch-size",
+            "16",
+            *extra,
+        ]
         if quantize:
             cmd += ["--quantize", quantize]
         self.log = log
@@ -245,27 +272,243 @@ def table(results: list[dict[str, Any]], front: set[int], bpb: dict[str, float])
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=ROOT / "out" / "cost_quality_sweep")
-    ap.add_argument("--model", type=Path, default=None, help="A model dir to serve instead of training one.")
-    ap.add_argument("--iters", type=int, default=250, help="Pretraining steps.")
-    ap.add_argument("--n-prompts", type=int, default=16)
-    ap.add_argument("--n-bpb", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3, help="Timed runs per config (median reported).")
-    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "experiments" / "cost_quality_sweep.png")
-    ap.add_argument("--replot", action="store_true", help="Only redraw the plot from WORK/results.json.")
-    args = ap.parse_args()
-    if args.replot:
-        saved = json.loads((args.work / "results.json").read_text())
-        plot(saved["results"], set(saved["pareto"]), args.plot)
-        print(table(saved["results"], set(saved["pareto"]), saved["bits_per_byte"]))
-        return
-    args.work.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    model = args.model or build_model(args.work, args.iters)
-    t_model = time.perf_counter() - t_start
-    print(f"model {model} ready in {t_model:.0f} s", flush=True)
+# --- RAG axis: a real RetrieverService over a ClapNQ subset, answering through the sweep's server --------
+
+RAG_MODES = ("bm25", "dense", "hybrid")
+RAG_KS = (2, 5)
+#: answer setting -> (AskRequest.answer_mode, min_groundedness); "generative-g0" turns the sentence gate off.
+RAG_ANSWER = {
+    "extractive": (ret_pb.ANSWER_MODE_EXTRACTIVE, None),
+    "generative": (ret_pb.ANSWER_MODE_GENERATIVE, 0.5),
+    "generative-g0": (ret_pb.ANSWER_MODE_GENERATIVE, 0.0),
+}
+#: The support threshold calibrated on the calibration half of ClapNQ dev in docs/experiments/rag.md (MiniLM).
+RAG_THRESHOLD = 0.661
+#: Generative settings of docs/experiments/rag.md: a short context budget and answer for a 256-token model.
+RAG_GEN = {"max_context_tokens": 100}
+RAG_SAMPLING = {"temperature": 0.0, "max_new_tokens": 48}
+
+
+def rag_data(n_questions: int, n_passages: int) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Questions from the *test* half of docs/experiments/rag.md's seed-0 split (half answerable), and a
+    seeded passage subset: every question's own passage (gold for answerable ones) plus random others."""
+    from nanoforge.retriever.documents import Document
+
+    corpus = [json.loads(x) for x in (CLAPNQ / "corpus.jsonl").read_text().splitlines() if x.strip()]
+    questions = [json.loads(x) for x in (CLAPNQ / "answers.jsonl").read_text().splitlines() if x.strip()]
+    rng = random.Random(0)
+    picked: list[dict[str, Any]] = []
+    for flag in (True, False):  # the same shuffles as rag.py, so none of these set its threshold
+        group = [q for q in questions if q["answerable"] is flag]
+        rng.shuffle(group)
+        picked += group[len(group) // 2 :][: n_questions // 2]
+    own = {q["passage_id"] for q in picked}
+    others = sorted(d["_id"] for d in corpus if d["_id"] not in own)
+    keep = own | set(random.Random(1).sample(others, max(0, min(len(others), n_passages - len(own)))))
+    docs = [Document(d["_id"], d["text"], d["title"]) for d in corpus if d["_id"] in keep]
+    rows = [{"id": q["query_id"], "question": q["question"], "answerable": q["answerable"],
+             "gold": q["passage_id"], "answers": q["answers"], "target": (q["answers"] or [""])[0]}
+            for q in picked]  # fmt: skip
+    return rows, docs
+
+
+class RetrieverServer:
+    """A `nanoforge retriever serve` child process over WORK/rag/collections, generating through ``inference``."""
+
+    def __init__(self, root: Path, embedder: str, inference: str, log: Path) -> None:
+        cmd = [*CLI, "retriever", "serve", "--port", "0", "--root", str(root), "--embedder", embedder,
+               "--inference", inference]  # fmt: skip
+        with open(log, "wb") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh,
+                                         env={**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
+        end = time.monotonic() + 180
+        while time.monotonic() < end:
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("RetrieverService listening on "):
+                    self.target = f"127.0.0.1:{line.split()[3].rsplit(':', 1)[1]}"
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"retriever serve exited: {log.read_text()[-1500:]}")
+            time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError("retriever serve did not report its port in 180 s")
+
+    def cpu(self) -> float:
+        return proc_cpu_seconds(self.proc.pid) or 0.0
+
+    stop = Server.stop
+
+
+def _strip_markers(text: str) -> str:
+    return re.sub(r"\[\d+\]", " ", text)
+
+
+def rag_scores(rows: list[dict[str, Any]], records: list[Any]) -> dict[str, Any]:
+    """Answer token-F1 (best reference; abstaining scores 0 on an answerable question and 1 on an
+    unanswerable one, answering an unanswerable one scores 0), its answerable-only part, citation precision
+    (share of cited documents that are the gold passage, answered answerable questions; NaN when nothing was
+    cited), abstention rates (all / answerable / unanswerable) and the p50 latency of answered questions."""
+    f1, f1_ans, cites = [], [], []
+    for row, rec in zip(rows, records, strict=True):
+        if not row["answerable"]:
+            f1.append(1.0 if rec.abstained else 0.0)
+            continue
+        score = 0.0 if rec.abstained else max(token_f1(_strip_markers(rec.output), a) for a in row["answers"])
+        f1.append(score)
+        f1_ans.append(score)
+        if not rec.abstained:
+            cites += [d == row["gold"] for d in rec.retrieved or []]
+    reasons = Counter(
+        re.sub(r"\d+\.\d+", "x", r.notes.get("abstain_reason", "")) for r in records if r.abstained
+    )
+    answered = [r.latency_ms for r in records if not r.abstained]
+
+    def abstain(flag: bool) -> float:
+        return statistics.fmean(bool(r.abstained) for w, r in zip(rows, records) if w["answerable"] is flag)
+
+    return {"answer_f1": statistics.fmean(f1), "answerable_f1": statistics.fmean(f1_ans),
+            "citation_precision": statistics.fmean(cites) if cites else float("nan"), "citations": len(cites),
+            "abstention_rate": statistics.fmean(bool(r.abstained) for r in records),
+            "abstain_answerable": abstain(True), "abstain_unanswerable": abstain(False),
+            "p50_answered_ms": percentile(answered, 0.5) if answered else float("nan"),
+            "abstain_reasons": dict(reasons)}  # fmt: skip
+
+
+async def rag_config(task: Task, ret: RetrieverServer, inf: Server, concurrency: int) -> dict[str, Any]:
+    """One harness run of the ``rag`` task; CPU-seconds of BOTH servers measured around it."""
+    backend = RetrieverBackend(ret.target, timeout=600)
+    opts = RunOptions(concurrency=concurrency, retries=0)
+    cpu0 = ret.cpu() + inf.cpu()
+    try:
+        records = await run_system(task, backend, opts=opts)
+    finally:
+        await backend.aclose()
+    cpu = ret.cpu() + inf.cpu() - cpu0
+    failed = [r.error for r in records if r.error]
+    if failed:
+        raise RuntimeError(f"{len(failed)} failed records, e.g. {failed[0]}")
+    lat = [r.latency_ms for r in records]
+    price = DEFAULT_PRICES["local"].cpu_hour_usd
+    return {"records": records, "cpu_s": cpu, "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+            "usd_per_1k": cpu / len(records) * 1000 * price / 3600}  # fmt: skip
+
+
+def rag_sweep(model: Path, adapter: Path | None, work: Path, n_questions: int, n_passages: int, embedder: str,
+              concurrency: int, answers: tuple[str, ...] = tuple(RAG_ANSWER)) -> dict[str, Any]:  # fmt: skip
+    """Index the subset, start both servers, run every (mode, k, answer mode); results + Pareto front."""
+    from nanoforge.retriever.chunking import ChunkerSpec
+    from nanoforge.retriever.embedders import EmbedderSpec
+    from nanoforge.retriever.library import Library
+
+    rows, docs = rag_data(n_questions, n_passages)
+    (work / "rag").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lib = Library(work / "rag" / "collections")
+    name = f"clapnq{len(docs)}-{embedder}"
+    col = lib.create(name, EmbedderSpec(embedder), ChunkerSpec("recursive", 96, 0, "words"), exist_ok=True)
+    if col.stats()["documents"] == 0:
+        col.upsert(docs)
+    chunks = col.stats()["chunks"]
+    lib.close()
+    index_s = time.perf_counter() - t0
+    print(
+        f"rag: {len(rows)} questions, {len(docs)} passages -> {chunks} chunks ({index_s:.0f} s)", flush=True
+    )
+    extra = ("--adapter", f"rag={adapter}") if adapter is not None else ()
+    inf = Server(model, None, work / "rag" / "serve.log", extra)
+    ret = None
+    results: list[dict[str, Any]] = []
+    try:
+        ret = RetrieverServer(
+            work / "rag" / "collections", embedder, inf.target, work / "rag" / "retriever.log"
+        )
+        for answer in answers:
+            answer_mode, gate = RAG_ANSWER[answer]
+            options: dict[str, Any] = {"abstain_threshold": RAG_THRESHOLD, "answer_mode": answer_mode}
+            if answer_mode == ret_pb.ANSWER_MODE_GENERATIVE:
+                options.update(RAG_GEN, min_groundedness=gate, adapter="rag" if adapter is not None else "")
+            for mode in RAG_MODES:
+                for k in RAG_KS:
+                    task = Task(name="clapnq-rag", type="rag", records=rows, template=PromptTemplate("{{ question }}"),
+                                id_field="id", target_field="target", metrics=["abstention_rate"],
+                                sampling=RAG_SAMPLING if answer != "extractive" else {},
+                                service={"collection": name, "mode": mode, "top_k": k, "options": options})  # fmt: skip
+                    if mode == RAG_MODES[0] and k == RAG_KS[0]:  # warm-up of each answer path (lazy init)
+                        for _ in range(2):
+                            asyncio.run(rag_config(dataclasses.replace(task, records=rows[:8]), ret, inf, 1))
+                    run = asyncio.run(rag_config(task, ret, inf, concurrency))
+                    row = {
+                        "answer": answer,
+                        "mode": mode,
+                        "k": k,
+                        **rag_scores(rows, run.pop("records")),
+                        **run,
+                    }
+                    results.append(row)
+                    print(f"rag {answer} {mode} k={k}: F1 {row['answer_f1']:.3f} cite {row['citation_precision']:.3f} "
+                          f"abstain {row['abstention_rate']:.2f} p50 {row['p50_ms']:.0f} ms cpu {row['cpu_s']:.1f} s",
+                          flush=True)  # fmt: skip
+    finally:
+        if ret is not None:
+            ret.stop()
+        inf.stop()
+    front = pareto_front([(r["usd_per_1k"], r["p50_ms"], r["answer_f1"]) for r in results])
+    return {"model": str(model), "adapter": str(adapter or ""), "embedder": embedder, "questions": len(rows), "answerable": sum(r["answerable"] for r in rows),
+            "passages": len(docs), "chunks": chunks, "index_seconds": index_s, "threshold": RAG_THRESHOLD,
+            "concurrency": concurrency, "results": results, "pareto": sorted(front)}  # fmt: skip
+
+
+def rag_plot(rag: dict[str, Any], out: Path) -> None:
+    """Answer F1 vs cost and vs p50 latency (outlined: the 3-D Pareto front)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    colors = {"bm25": "tab:blue", "dense": "tab:orange", "hybrid": "tab:green"}
+    markers = {("extractive", 2): "o", ("extractive", 5): "s", ("generative", 2): "^", ("generative", 5): "v",
+               ("generative-g0", 2): "<", ("generative-g0", 5): ">"}  # fmt: skip
+    front = set(rag["pareto"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "usd_per_1k", "USD per 1k requests (retriever + inference CPU-s)"),
+                           (axes[1], "p50_ms", "p50 latency (ms)")):  # fmt: skip
+        for i, r in enumerate(rag["results"]):
+            ax.scatter(r[key], r["answer_f1"], c=colors[r["mode"]], marker=markers[(r["answer"], r["k"])],
+                       s=150 if i in front else 45, edgecolors="k" if i in front else "none", alpha=0.85)  # fmt: skip
+        base = 1 - rag["answerable"] / rag["questions"]
+        ax.axhline(base, c="grey", ls=":", lw=1, label="always abstain")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("answer token-F1 (abstention rule in the write-up)")
+    handles = [Line2D([], [], ls="", marker="o", c=c, label=m) for m, c in colors.items()]
+    handles += [
+        Line2D([], [], ls="", marker=m, c="grey", label=f"{a} k={k}") for (a, k), m in markers.items()
+    ]
+    handles.append(Line2D([], [], ls=":", c="grey", label="always abstain (the scoring floor)"))
+    axes[0].legend(handles=handles, fontsize=7, loc="center right")
+    axes[0].set_title(f"RAG on ClapNQ ({rag['questions']} q): quality vs cost (outlined: Pareto)")
+    axes[1].set_title("quality vs p50 latency")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def rag_table(rag: dict[str, Any]) -> str:
+    def f(x: float, spec: str) -> str:
+        return "–" if x != x else format(x, spec)  # NaN: nothing cited / nothing answered
+
+    lines = ["| answer | search | k | answer F1 | F1 answerable | citation precision | abstain (ans / unans) | p50 ms "
+             "| p50 answered ms | p99 ms | CPU-s (both servers) | USD / 1k req | Pareto |", "|" + "---|" * 13]  # fmt: skip
+    for i, r in enumerate(rag["results"]):
+        lines.append(f"| {r['answer']} | {r['mode']} | {r['k']} | {r['answer_f1']:.3f} | {r['answerable_f1']:.3f} | "
+                     f"{f(r['citation_precision'], '.3f')} | {r['abstain_answerable']:.2f} / {r['abstain_unanswerable']:.2f} | "
+                     f"{r['p50_ms']:.0f} | {f(r['p50_answered_ms'], '.0f')} | {r['p99_ms']:.0f} | {r['cpu_s']:.1f} | "
+                     f"{r['usd_per_1k']:.5f} | {'*' if i in rag['pareto'] else ''} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def quant_sweep(args: argparse.Namespace, model: Path, t_start: float, t_model: float) -> None:
+    """Quantization x decoding x concurrency on `nanoforge serve`; WORK/results.json, the first plot."""
     gen_rows, bpb_rows = held_out(args.n_prompts, args.n_bpb)
     results: list[dict[str, Any]] = []
     bpb: dict[str, float] = {}
@@ -311,6 +554,73 @@ def main() -> None:
     print(table(results, front, bpb))
     print("\nserver peak RSS (MiB): " + ", ".join(f"{q} {v:.0f}" for q, v in rss.items()))
     print(f"\ntotal {total:.0f} s (model {t_model:.0f} s); load average {os.getloadavg()}; plot {args.plot}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "cost_quality_sweep")
+    ap.add_argument("--model", type=Path, default=None, help="A model dir to serve instead of training one.")
+    ap.add_argument("--iters", type=int, default=250, help="Pretraining steps.")
+    ap.add_argument("--n-prompts", type=int, default=16)
+    ap.add_argument("--n-bpb", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="Timed runs per config (median reported).")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "experiments" / "cost_quality_sweep.png")
+    ap.add_argument("--replot", action="store_true", help="Only redraw the plots from WORK/*results.json.")
+    ap.add_argument("--rag", action=argparse.BooleanOptionalAction, default=CLAPNQ.is_dir(),
+                    help="Run the RAG section (default: when ../shared/data/clapnq-dev exists).")  # fmt: skip
+    ap.add_argument("--rag-only", action="store_true", help="Skip the quantization sweep.")
+    ap.add_argument("--rag-questions", type=int, default=60, help="Half answerable.")
+    ap.add_argument(
+        "--rag-passages", type=int, default=200, help="Indexed passages (the questions' own + random)."
+    )
+    ap.add_argument("--rag-embedder", choices=("minilm", "hash"), default="minilm")
+    ap.add_argument("--rag-concurrency", type=int, default=1)
+    ap.add_argument("--rag-model", type=Path, default=ROOT / "out" / "demo" / "run" / "final",
+                    help="Chat model for generative answers (the sweep model has no chat template).")  # fmt: skip
+    ap.add_argument("--rag-adapter", type=Path, default=ROOT / "out" / "demo" / "lora" / "adapter")
+    ap.add_argument(
+        "--rag-plot", type=Path, default=ROOT / "docs" / "experiments" / "cost_quality_sweep_rag.png"
+    )
+    args = ap.parse_args()
+    if args.replot:
+        if (args.work / "results.json").is_file():
+            saved = json.loads((args.work / "results.json").read_text())
+            plot(saved["results"], set(saved["pareto"]), args.plot)
+            print(table(saved["results"], set(saved["pareto"]), saved["bits_per_byte"]))
+        if (args.work / "rag_results.json").is_file():
+            rag = json.loads((args.work / "rag_results.json").read_text())
+            rag_plot(rag, args.rag_plot)
+            print(rag_table(rag))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    model = args.model or build_model(args.work, args.iters)
+    t_model = time.perf_counter() - t_start
+    print(f"model {model} ready in {t_model:.0f} s", flush=True)
+    if not args.rag_only:
+        quant_sweep(args, model, t_start, t_model)
+    if not args.rag:
+        print(f"note: RAG section skipped ({CLAPNQ} missing or --no-rag)")
+        return
+    if not CLAPNQ.is_dir():
+        raise SystemExit(f"error: --rag needs ClapNQ dev at {CLAPNQ}; it is missing")
+    t0 = time.perf_counter()
+    answers = tuple(RAG_ANSWER)
+    rag_model, adapter = args.rag_model, args.rag_adapter if args.rag_adapter.is_dir() else None
+    if not (rag_model / "config.json").is_file():  # the sweep model has no chat template: extractive only
+        print(
+            f"note: no chat model at {rag_model} (--rag-model); generative RAG settings skipped", flush=True
+        )
+        rag_model, adapter, answers = model, None, ("extractive",)
+    rag = rag_sweep(rag_model, adapter, args.work, args.rag_questions, args.rag_passages, args.rag_embedder,
+                    args.rag_concurrency, answers)  # fmt: skip
+    rag.update(seconds=time.perf_counter() - t0, load_avg=os.getloadavg(),
+               price_cpu_hour_usd=DEFAULT_PRICES["local"].cpu_hour_usd)  # fmt: skip
+    write_text_atomic(args.work / "rag_results.json", json.dumps(rag, indent=1))
+    args.rag_plot.parent.mkdir(parents=True, exist_ok=True)
+    rag_plot(rag, args.rag_plot)
+    print(rag_table(rag))
+    print(f"\nRAG section {rag['seconds']:.0f} s; load average {os.getloadavg()}; plot {args.rag_plot}")
 
 
 if __name__ == "__main__":
