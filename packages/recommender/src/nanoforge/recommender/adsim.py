@@ -24,7 +24,6 @@ it predicts real people.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nanoforge.recommender.events import jsonl_records
 
 #: Interest -> its words (the rule's "the copy speaks to the viewer's interest").
 INTERESTS: dict[str, tuple[str, ...]] = {
@@ -162,19 +163,7 @@ def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
             return [(f"{path}:{i + 2}", dict(row)) for i, row in enumerate(csv.DictReader(f))]
     if suffix not in (".jsonl", ".json"):
         raise ValueError(f"{path}: unsupported file extension {path.suffix!r}; accepted: .jsonl, .csv")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e})") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{i}: a record must be a JSON object, got {type(rec).__name__}")
-            out.append((f"{path}:{i}", rec))
-    return out
+    return jsonl_records(path)
 
 
 def _profile(rec: dict[str, Any], where: str) -> dict[str, Any]:

@@ -75,8 +75,8 @@ def read_csv(path: Path) -> list[Event]:
         return [make_event(row, f"{path}:{i + 2}") for i, row in enumerate(reader)]
 
 
-def read_jsonl(path: Path) -> list[Event]:
-    """Events from a JSON-lines file (blank lines skipped)."""
+def jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(``file:line``, object) for each non-blank line of a JSON-lines file; bad lines are ValueErrors."""
     out = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -88,8 +88,13 @@ def read_jsonl(path: Path) -> list[Event]:
                 raise ValueError(f"{path}:{i}: not valid JSON ({e})") from e
             if not isinstance(rec, dict):
                 raise ValueError(f"{path}:{i}: a record must be a JSON object, got {type(rec).__name__}")
-            out.append(make_event(rec, f"{path}:{i}"))
+            out.append((f"{path}:{i}", rec))
     return out
+
+
+def read_jsonl(path: Path) -> list[Event]:
+    """Events from a JSON-lines file (blank lines skipped)."""
+    return [make_event(rec, where) for where, rec in jsonl_records(path)]
 
 
 def read_parquet(path: Path) -> list[Event]:
