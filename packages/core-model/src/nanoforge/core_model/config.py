@@ -219,6 +219,12 @@ class ModelConfig:
         """The attention kind of layer ``layer`` (0-based)."""
         return self.attention[layer] if isinstance(self.attention, tuple) else self.attention
 
+    def attention_kinds(self) -> frozenset[str]:
+        """The distinct attention kinds used by the layers."""
+        return (
+            frozenset(self.attention) if isinstance(self.attention, tuple) else frozenset((self.attention,))
+        )
+
     # ------------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field (tuples become lists)."""

@@ -198,7 +198,7 @@ class FastDecoder:
         m, c = self.model, self.model.config
         self._tree = []
         self.clear()
-        kinds = {c.layer_attention(i) for i in range(c.n_layer)}
+        kinds = c.attention_kinds()
         if kinds != {"softmax"}:
             return f"attention kinds {sorted(kinds)}; the fast path covers softmax only"
         if c.norm_placement != "pre" or c.attention_options.get("kernel", "sdpa") != "sdpa":

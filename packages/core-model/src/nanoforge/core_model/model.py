@@ -208,7 +208,7 @@ class GPT(nn.Module):
         return step
 
     def _check_positions(self, positions: torch.Tensor) -> None:
-        limited = self.config.positions == "learned" or "linformer" in self._kinds()
+        limited = self.config.positions == "learned" or "linformer" in self.config.attention_kinds()
         if limited:
             top = int(positions.max().item()) if positions.numel() else 0
             if top >= self.config.max_seq_len:
@@ -216,9 +216,6 @@ class GPT(nn.Module):
                     f"sequence reaches position {top} but max_seq_len={self.config.max_seq_len} "
                     f"(positions={self.config.positions!r}); shorten the input, nothing is truncated silently"
                 )
-
-    def _kinds(self) -> set[str]:
-        return {self.config.layer_attention(i) for i in range(self.config.n_layer)}
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""

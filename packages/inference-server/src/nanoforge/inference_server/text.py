@@ -466,7 +466,7 @@ class ServingModel:
             "max_seq_len": self.engine.max_len,
             "n_layer": c.n_layer,
             "d_model": c.d_model,
-            "attention": sorted({c.layer_attention(i) for i in range(c.n_layer)}),
+            "attention": sorted(c.attention_kinds()),
             "parameters": self.model.num_parameters(),
             "dtype": str(p.dtype).removeprefix("torch."),
             "device": str(p.device),
