@@ -25,10 +25,12 @@ grpc, protobuf, the standard library, grpcio-health-checking and grpcio-reflecti
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import logging
 import re
+import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -377,3 +379,15 @@ async def graceful_stop(server: grpc.aio.Server, health: HealthServicer | None, 
     if health is not None:
         await health.enter_graceful_shutdown()
     await server.stop(grace)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return once the process gets SIGINT or SIGTERM (handlers installed on the running event loop).
+
+    The servers' ``serve`` commands call this, then drain with their own grace period.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,11 +136,7 @@ async def _serve(load: Any, options: ServeOptions, grace: float) -> None:
     if servers.http_port is not None:
         click.echo(f"http listening on {options.host}:{servers.http_port}", err=True)
     click.echo(f"serving model {model.name!r}; SIGTERM or Ctrl+C drains and stops", err=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await srv.wait_for_stop_signal()
     click.echo(f"draining (grace {grace:g} s)...", err=True)
     await servers.stop(grace)
     click.echo("stopped", err=True)

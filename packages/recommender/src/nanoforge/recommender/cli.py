@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +187,7 @@ def serve_cmd(
     inference_token_file: Path | None, tls_cert: str | None, tls_key: str | None,
 ) -> None:  # fmt: skip
     """Run the RecommenderService until SIGINT/SIGTERM (then drain and stop)."""
+    from nanoforge.api.server import wait_for_stop_signal
     from nanoforge.recommender.scoring import ServedModel
     from nanoforge.recommender.service import start_server
 
@@ -204,11 +204,7 @@ def serve_cmd(
         )  # fmt: skip
         names = ", ".join(m.name for m in models)
         click.echo(f"RecommenderService listening on {host}:{running.port} (models: {names})", err=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal()
         await running.stop(grace=10.0)
 
     asyncio.run(run())

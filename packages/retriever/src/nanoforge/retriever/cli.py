@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +359,7 @@ def serve(
     tls_key: str | None, root: str | None,
 ) -> None:  # fmt: skip
     """Run the RetrieverService until SIGINT/SIGTERM (then drain and stop)."""
+    from nanoforge.api.server import wait_for_stop_signal
     from nanoforge.retriever.library import Library
     from nanoforge.retriever.service import start_server
 
@@ -375,11 +375,7 @@ def serve(
             inference_token=os.environ.get(inference_token_env) if inference_token_env else None,
         )  # fmt: skip
         click.echo(f"RetrieverService listening on {host}:{running.port} (root {_root(root)})", err=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal()
         await running.stop(grace=10.0)
 
     asyncio.run(run())
