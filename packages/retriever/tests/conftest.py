@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
+from nanoforge.api.client import make_sync_channel
+from nanoforge.api.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from nanoforge.retriever.chunking import ChunkerSpec
 from nanoforge.retriever.dense import IndexSpec
 from nanoforge.retriever.documents import Document
 from nanoforge.retriever.embedders import EmbedderSpec
 from nanoforge.retriever.library import Library
+from nanoforge.retriever.service import start_server
 
 #: A tiny corpus with distinct topics and metadata, so rankings have a clear right answer.
 CORPUS = [
@@ -120,3 +125,28 @@ def inference_target(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+class RagServer:
+    """The RetrieverService on its own event loop in a background thread."""
+
+    def __init__(self, root: Path, inference: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        coro = start_server(Library(root), EmbedderSpec("hash", dim=64), port=0, inference=inference)
+        self.running = asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+        self.channel = make_sync_channel(f"127.0.0.1:{self.running.port}")
+        self.stub = pb_grpc.RetrieverServiceStub(self.channel)
+
+    def stop(self) -> None:
+        self.channel.close()
+        asyncio.run_coroutine_threadsafe(self.running.stop(grace=1.0), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def rag_server() -> type[RagServer]:
+    """``rag_server(root, inference_target)``: a RetrieverService (hash embedder) with ``.stub`` and ``.stop()``."""
+    return RagServer

@@ -7,10 +7,8 @@ regex constraint), streaming equals Ask, abstention, traces, groundedness fields
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,16 +16,12 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from nanoforge.api.client import make_sync_channel
 from nanoforge.api.common.v1 import common_pb2
 from nanoforge.api.retriever.v1 import retriever_pb2 as pb
 from nanoforge.api.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from nanoforge.cli.main import main
 from nanoforge.retriever.cli import group
-from nanoforge.retriever.embedders import EmbedderSpec
-from nanoforge.retriever.library import Library
 from nanoforge.retriever.rag import ABSTAIN_TEXT, join_stream
-from nanoforge.retriever.service import start_server
 
 DOCS = [
     pb.Document(id="cats", text="Cats are small felines. A cat purrs and hunts mice at night.", title="Cats"),
@@ -38,30 +32,11 @@ DOCS = [
 ]
 
 
-class _Server:
-    """The RetrieverService on its own event loop in a background thread."""
-
-    def __init__(self, root: Path, inference: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        coro = start_server(Library(root), EmbedderSpec("hash", dim=64), port=0, inference=inference)
-        self.running = asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-        self.channel = make_sync_channel(f"127.0.0.1:{self.running.port}")
-        self.stub = pb_grpc.RetrieverServiceStub(self.channel)
-
-    def stop(self) -> None:
-        self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.running.stop(grace=1.0), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def rag(
-    inference_target: str, tmp_path_factory: pytest.TempPathFactory
+    inference_target: str, tmp_path_factory: pytest.TempPathFactory, rag_server: type
 ) -> Iterator[pb_grpc.RetrieverServiceStub]:
-    srv = _Server(tmp_path_factory.mktemp("rag-root"), inference_target)
+    srv = rag_server(tmp_path_factory.mktemp("rag-root"), inference_target)
     srv.stub.CreateCollection(pb.CreateCollectionRequest(name="zoo", index_kind=pb.INDEX_KIND_HNSW))
     srv.stub.Upsert(pb.UpsertRequest(collection="zoo", documents=DOCS))
     yield srv.stub
@@ -174,8 +149,8 @@ def test_stats_and_index_kind(rag: pb_grpc.RetrieverServiceStub) -> None:
     assert "zoo" in [c.collection.name for c in rag.Stats(pb.StatsRequest()).collections]
 
 
-def test_unreachable_inference_is_unavailable(tmp_path: Path) -> None:
-    srv = _Server(tmp_path / "root", "127.0.0.1:1")
+def test_unreachable_inference_is_unavailable(tmp_path: Path, rag_server: type) -> None:
+    srv = rag_server(tmp_path / "root", "127.0.0.1:1")
     try:
         srv.stub.CreateCollection(pb.CreateCollectionRequest(name="c"))
         srv.stub.Upsert(pb.UpsertRequest(collection="c", documents=DOCS[:1]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,14 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from nanoforge.api.client import make_sync_channel
 from nanoforge.api.common.v1 import common_pb2
 from nanoforge.api.retriever.v1 import retriever_pb2 as pb
 from nanoforge.api.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from nanoforge.cli.main import main
 from nanoforge.retriever.cli import group
 from nanoforge.retriever.documents import Document
-from nanoforge.retriever.embedders import EmbedderSpec
-from nanoforge.retriever.library import Library
 from nanoforge.retriever.rag import AskOptions, GenPiece, ask
 from nanoforge.retriever.rewrite import QUERY_REGEX, Turn, heuristic_rewrite, is_follow_up, llm_rewrite
-from nanoforge.retriever.service import start_server
 
 #: Only the Acme document lacks the word "founded", so "when was it founded?" alone finds the others.
 COMPANIES = [
@@ -72,30 +67,11 @@ def test_follow_up_retrieves_the_right_chunk_only_with_rewriting(make_collection
         asyncio.run(ask(col, FOLLOW_UP, AskOptions(**{**base.__dict__, "rewrite": "magic"}), None))
 
 
-class _Server:
-    """The RetrieverService on its own event loop in a background thread."""
-
-    def __init__(self, root: Path, inference: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        coro = start_server(Library(root), EmbedderSpec("hash", dim=64), port=0, inference=inference)
-        self.running = asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-        self.channel = make_sync_channel(f"127.0.0.1:{self.running.port}")
-        self.stub = pb_grpc.RetrieverServiceStub(self.channel)
-
-    def stop(self) -> None:
-        self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.running.stop(grace=1.0), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def firms(
-    inference_target: str, tmp_path_factory: pytest.TempPathFactory
+    inference_target: str, tmp_path_factory: pytest.TempPathFactory, rag_server: type
 ) -> Iterator[pb_grpc.RetrieverServiceStub]:
-    srv = _Server(tmp_path_factory.mktemp("rewrite-root"), inference_target)
+    srv = rag_server(tmp_path_factory.mktemp("rewrite-root"), inference_target)
     srv.stub.CreateCollection(pb.CreateCollectionRequest(name="firms"))
     docs = [pb.Document(id=d.id, text=d.text, title=d.title) for d in COMPANIES]
     srv.stub.Upsert(pb.UpsertRequest(collection="firms", documents=docs))
