@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench/train.py                   # step speed: ours vs GPT2LMHeadModel
     .venv/bin/python tools/bench/train.py --shakespeare     # val loss at iter 2000 + wall time
     .venv/bin/python tools/bench/train.py --dtype bfloat16 --clock cpu   # bf16 autocast for both; CPU seconds
+    .venv/bin/python tools/bench/train.py --breakdown       # where each model's step time goes, and the bound
 
 Speed mode: the same GPT-2-shaped config for both (learned positions, LayerNorm with bias, gelu_tanh, biases,
 tied embeddings, dropout 0), the same AdamW (``nanoforge.trainer.optim.build_adamw``: decay on 2-D
@@ -15,6 +16,11 @@ Shakespeare mode: nanoGPT's CPU recipe (the shipped ``shakespeare-char`` config)
 ../shared/data/tinyshakespeare/input.txt with byte ids 0..255 and nanoGPT's split (first 90% of the text for
 train, last 10% for val), trained with ``nanoforge.trainer.pretrain.run``. nanoGPT reports val loss 1.88
 at iter 2000 (on this machine: 1.886 in about 2 minutes). Skipped cleanly when ../shared is absent.
+Breakdown mode: ``torch.profiler`` over a few steps of each model, the step time split into GEMMs
+(``mm``/``addmm``/``bmm``, with their FLOPs), attention kernels, the loss, the optimizer step and the rest; the
+GEMMs' achieved GFLOP/s against a 2048^3 fp32 matmul timed in the same process (the machine's practical
+peak); and the largest ratio the model side could still reach: the peer's step time over ours with
+everything except GEMMs and attention removed.
 What it does not do: GPU runs, or anything that is a test (no assertions on speed).
 """
 
@@ -152,6 +158,86 @@ def speed(args: argparse.Namespace) -> None:
         )
 
 
+#: --breakdown: profiler op name prefix -> category (first match wins; everything else is "other").
+CATEGORIES: dict[str, str] = {
+    "aten::mm": "gemm",
+    "aten::addmm": "gemm",
+    "aten::bmm": "gemm",
+    "aten::_scaled_dot_product": "attention",
+    "aten::_log_softmax": "loss",
+    "aten::nll_loss": "loss",
+    "aten::_fused_adam": "optimizer",
+    "aten::_foreach": "optimizer",
+    "aten::linalg_vector_norm": "optimizer",  # gradient clipping
+}
+
+
+def _category(op: str) -> str:
+    return next((c for prefix, c in CATEGORIES.items() if op.startswith(prefix)), "other")
+
+
+def _sgemm_peak(n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of an n x n x n fp32 matmul: the practical GEMM ceiling of this machine and thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def breakdown(args: argparse.Namespace) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    peak = _sgemm_peak()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), dtype {args.dtype}, "
+        f"load average {os.getloadavg()[0]:.1f}; 2048^3 fp32 matmul: {peak:.0f} GFLOP/s"
+    )
+    cats = ["gemm", "attention", "loss", "optimizer", "other"]
+    print(
+        "| size | model | ms/step | "
+        + " | ".join(f"{c} ms" for c in cats)
+        + " | GEMM GFLOP/step | GEMM GFLOP/s |"
+    )
+    print("|---|---|---:|" + "---:|" * (len(cats) + 2))
+    for size in args.sizes.split(","):
+        if size not in SIZES:
+            raise SystemExit(f"--sizes: unknown size {size!r}; accepted: {', '.join(SIZES)}")
+        n_layer, n_head, d_model, block, vocab, batch = SIZES[size]
+        shape = (n_layer, n_head, d_model, block, vocab)
+        totals: dict[str, float] = {}
+        for name, (build, hf) in {"ours": (_ours, False), "peer": (_peer, True)}.items():
+            torch.manual_seed(0)
+            step = _stepper(build(*shape), hf, args.dtype, args.compile)
+            g = torch.Generator().manual_seed(0)
+            batches = [torch.randint(vocab, (batch, block + 1), generator=g) for _ in range(args.steps)]
+            for b in batches[:3]:
+                step(b[:, :-1], b[:, 1:])
+            with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+                for b in batches:
+                    step(b[:, :-1], b[:, 1:])
+            ms = dict.fromkeys(cats, 0.0)
+            flops = 0.0
+            for ev in prof.key_averages():
+                ms[_category(ev.key)] += ev.self_cpu_time_total / 1e3 / args.steps  # us -> ms per step
+                flops += (ev.flops or 0) / args.steps if _category(ev.key) == "gemm" else 0.0
+            totals[name] = sum(ms.values())
+            totals[name + "_core"] = ms["gemm"] + ms["attention"]
+            print(
+                f"| {size} | {name} | {totals[name]:.1f} | "
+                + " | ".join(f"{ms[c]:.1f}" for c in cats)
+                + f" | {flops / 1e9:.2f} | {flops / ms['gemm'] / 1e6:.0f} |",
+                flush=True,
+            )
+        print(
+            f"| {size} | ratio peer/ours | {totals['peer'] / totals['ours']:.2f}x | bound with ours' non-GEMM, "
+            f"non-attention time at zero: {totals['peer'] / totals['ours_core']:.2f}x |",
+            flush=True,
+        )
+
+
 def shakespeare(args: argparse.Namespace) -> None:
     if not SHAKESPEARE.is_file():
         print(f"skipped: {SHAKESPEARE} not found (../shared is absent)")
@@ -214,13 +300,17 @@ def main() -> None:
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast, both models"
     )
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument(
+        "--breakdown", action="store_true", help="profile both models' steps by category instead of timing"
+    )
     p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall or process CPU seconds")
     p.add_argument(
         "overrides", nargs="*", help="config overrides for --shakespeare, e.g. train.max_iters=200"
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    shakespeare(args) if args.shakespeare else speed(args)
+    mode = shakespeare if args.shakespeare else breakdown if args.breakdown else speed
+    mode(args)
 
 
 if __name__ == "__main__":
