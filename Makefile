@@ -12,7 +12,7 @@ QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo lint check-isolated protos bench clean help
+.PHONY: install test demo lint typecheck check-isolated protos bench clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -23,10 +23,18 @@ $(STAMP): constraints.txt requirements-dev.txt $(wildcard packages/*/pyproject.t
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e "$(p)[test]") $(QUIET_PIP)
 	@touch $@
 
+# `typecheck` joins lint (as `lint: install typecheck`) once trainer/{lora,adapters}.py are mypy-clean.
 lint: install  ## ruff over the whole tree + generated gRPC stubs up to date
 	$(BIN)/ruff check .
 	$(BIN)/python tools/gen_protos.py --check
 	$(BIN)/ruff format --check . || (echo "run: $(BIN)/ruff format ." && exit 1)
+
+# mypy checks every package by import name (packages/<dir>/src/nanoforge/<name>/py.typed), finding the
+# others through MYPY_PATH, the src folders joined by ":".
+MYPY_PKGS := $(sort $(foreach f,$(wildcard packages/*/src/nanoforge/*/py.typed),$(notdir $(patsubst %/,%,$(dir $(f))))))
+MYPY_PATH := $(subst $(eval) ,:,$(wildcard packages/*/src))
+typecheck: install  ## mypy over every package (settings: [tool.mypy] in pyproject.toml)
+	MYPYPATH=$(MYPY_PATH) $(BIN)/mypy $(addprefix -p nanoforge.,$(MYPY_PKGS))
 
 test: install lint  ## ruff + the default pytest selection (not slow, not gpu)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider $(PYTEST_ARGS)

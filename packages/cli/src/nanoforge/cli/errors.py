@@ -9,6 +9,7 @@ so a developer sees the traceback.
 from __future__ import annotations
 
 import os
+from typing import IO, Any
 
 import click
 
@@ -21,7 +22,7 @@ class UserError(click.ClickException):
 
     exit_code = EXIT_USER_ERROR
 
-    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
+    def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
 
 

@@ -139,7 +139,7 @@ class ModelConfig:
                 f"rope_scaling={rs!r} must be a dict like {{'type': 'linear', 'factor': 2.0}} or None"
             )
         kind = rs.get("type", rs.get("rope_type"))
-        _check_choice("rope_scaling['type']", kind, ROPE_SCALING_TYPES)
+        kind = _check_choice("rope_scaling['type']", kind, ROPE_SCALING_TYPES)
         if self.positions != "rope":
             raise ValueError(f"rope_scaling={rs!r} needs positions='rope', got positions={self.positions!r}")
         allowed = {"type", "rope_type", *ROPE_SCALING_KEYS[kind]}
@@ -234,8 +234,11 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build a config from ``to_dict`` output; unknown keys are an error (a typo must not pass silently)."""
+    def from_dict(cls, data: object) -> ModelConfig:
+        """Build a config from ``to_dict`` output; unknown keys are an error (a typo must not pass silently).
+
+        ``data`` is typically parsed JSON, so anything that is not a dict is a ValueError too.
+        """
         if not isinstance(data, dict):
             raise ValueError(f"model config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -254,6 +257,8 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name}={value!r} must be a positive int")
 
 
-def _check_choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: Any, accepted: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``accepted`` (so a ``str``), else a ValueError naming both."""
     if value not in accepted:
         raise ValueError(f"{name}={value!r} is not supported; accepted: {', '.join(accepted)}")
+    return value

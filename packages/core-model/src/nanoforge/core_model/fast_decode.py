@@ -28,7 +28,7 @@ What it does not do: prefill (T > 1), sliding-window or recurrent layers, traini
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from nanoforge.core_model.attention.softmax import SoftmaxMixer, sdpa_kernel
 from nanoforge.core_model.layers import MLP, RMSNorm, SwiGLU, apply_rope
 
 if TYPE_CHECKING:
-    from nanoforge.core_model.model import GPT
+    from nanoforge.core_model.model import GPT, Block
     from nanoforge.core_model.state import ModelState
 
 _NORMS = (RMSNorm, nn.LayerNorm)
@@ -92,7 +92,7 @@ def _norm(module: nn.Module) -> Linear:
     return module.forward
 
 
-def _fused(mods: list[nn.Module], pack: bool) -> Linear:
+def _fused(mods: list[nn.Linear], pack: bool) -> Linear:
     """One linear computing the modules' outputs side by side (their weights concatenated row-wise)."""
     w = torch.cat([m.weight.detach() for m in mods])  # (sum of out widths, in)
     b = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
@@ -102,15 +102,16 @@ def _fused(mods: list[nn.Module], pack: bool) -> Linear:
 class _Layer:
     """One block's bound module functions and fused/packed linears, read by ``FastDecoder.step``."""
 
-    def __init__(self, block: nn.Module, pack: bool) -> None:
-        attn, mlp = block.attn, block.mlp
+    def __init__(self, block: Block, pack: bool) -> None:
+        # _expected_modules checked that the MLP is one of these two types before any _Layer is built
+        attn, mlp = block.attn, cast("SwiGLU | MLP", block.mlp)
         self.norm1, self.norm2 = _norm(block.norm1), _norm(block.norm2)
         self.q_norm = attn.q_norm.forward if attn.qk_norm else None
         self.k_norm = attn.k_norm.forward if attn.qk_norm else None
         self.qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], pack)  # -> (B, (nh + 2 nkv) * hd)
         self.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, pack)
         self.gated = isinstance(mlp, SwiGLU)
-        if self.gated:
+        if isinstance(mlp, SwiGLU):
             self.up = _fused([mlp.gate_proj, mlp.up_proj], pack)  # -> (B, 2 * d_mlp): gate | up
         else:
             self.up, self.act = make_linear(mlp.up_proj.weight, mlp.up_proj.bias, pack), mlp.act
@@ -126,7 +127,7 @@ def _expected_modules(model: GPT) -> list[tuple[nn.Module, str, tuple[type, ...]
         (model, "norm_f", _NORMS),
         (model, "lm_head", (nn.Linear,)),
     ]
-    for i, b in enumerate(model.blocks):
+    for i, b in enumerate(model.block_list()):
         out += [(model.blocks, str(i), (Block,)), (b, "norm1", _NORMS), (b, "norm2", _NORMS)]
         out += [(b, "attn", (Attention,)), (b.attn, "mixer", (SoftmaxMixer,)), (b, "mlp", (SwiGLU, MLP))]
         out += [(b.attn, n, (nn.Linear,)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
@@ -164,7 +165,7 @@ class FastDecoder:
         return {"model": self.model, "pack": self.pack}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["model"], bool(state["pack"]))  # type: ignore[misc,arg-type]
+        FastDecoder.__init__(self, cast("GPT", state["model"]), bool(state["pack"]))
 
     def clear(self) -> None:
         """Drop the fused/packed weight copies (they are rebuilt on the next fast decode step)."""
@@ -210,9 +211,9 @@ class FastDecoder:
                 return f"module {name} is a {type(child).__name__} or has hooks"
         if m._forward_hooks or m._forward_pre_hooks:
             return "the model has forward hooks"
-        kinds = (nn.Linear, *_NORMS)
+        param_kinds = (nn.Linear, *_NORMS)
         self._params = [
-            (child, n) for _, _, child in self._tree if type(child) in kinds for n in child._parameters
+            (child, n) for _, _, child in self._tree if type(child) in param_kinds for n in child._parameters
         ]
         return None
 
@@ -237,7 +238,7 @@ class FastDecoder:
         """Build the fused/packed copies on first use and whenever a source parameter changed."""
         key = self._weights_key()
         if self._head is None or key != self._key:
-            self._layers = [_Layer(b, self.pack) for b in self.model.blocks]
+            self._layers = [_Layer(b, self.pack) for b in self.model.block_list()]
             head = self.model.lm_head
             self._head = make_linear(head.weight, head.bias, self.pack)
             self._norm_f = _norm(self.model.norm_f)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,6 +57,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         additive, rotary = POSITIONS[config.positions](config)
         if config.positions == "learned":
+            assert additive is not None  # the "learned" builder always returns an nn.Embedding
             self.pos_emb = additive
         else:
             self.pos_enc = additive  # sinusoidal (no parameters) or None
@@ -76,6 +78,10 @@ class GPT(nn.Module):
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
 
+    def block_list(self) -> list[Block]:
+        """The blocks in order, typed as ``Block`` (items of an ``nn.ModuleList`` type-check as ``nn.Module``)."""
+        return cast("list[Block]", list(self.blocks))
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
@@ -87,7 +93,7 @@ class GPT(nn.Module):
     @property
     def supports_decode(self) -> bool:
         """True when every layer can run incrementally from a ``ModelState``."""
-        return all(b.attn.supports_decode for b in self.blocks)
+        return all(b.attn.supports_decode for b in self.block_list())
 
     def new_state(self, batch_size: int, max_len: int | None = None) -> ModelState:
         """Preallocated decode state for ``batch_size`` rows of up to ``max_len`` tokens (default max_seq_len)."""
@@ -95,7 +101,7 @@ class GPT(nn.Module):
             kinds = sorted(
                 {
                     self.config.layer_attention(i)
-                    for i, b in enumerate(self.blocks)
+                    for i, b in enumerate(self.block_list())
                     if not b.attn.supports_decode
                 }
             )
@@ -107,7 +113,7 @@ class GPT(nn.Module):
             raise ValueError(f"new_state needs batch_size > 0 and max_len > 0, got {batch_size}, {max_len}")
         p = self.tok_emb.weight
         dtype = p.dtype
-        layers = [b.attn.new_state(batch_size, max_len, p.device, dtype) for b in self.blocks]
+        layers = [b.attn.new_state(batch_size, max_len, p.device, dtype) for b in self.block_list()]
         return ModelState(layers, batch_size, max_len, p.device)
 
     def forward(

@@ -28,7 +28,7 @@ from nanoforge.api.recommender.v1 import recommender_pb2_grpc as rec_grpc
 from nanoforge.api.retriever.v1 import retriever_pb2 as ret_pb
 from nanoforge.api.retriever.v1 import retriever_pb2_grpc as ret_grpc
 
-SEARCH_MODES: dict[str, int] = {
+SEARCH_MODES: dict[str, ret_pb.SearchMode.ValueType] = {
     "dense": ret_pb.SEARCH_MODE_DENSE,
     "bm25": ret_pb.SEARCH_MODE_BM25,
     "hybrid": ret_pb.SEARCH_MODE_HYBRID,
@@ -121,7 +121,7 @@ def _ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def search_mode(name: str) -> int:
+def search_mode(name: str) -> ret_pb.SearchMode.ValueType:
     """``"hybrid"`` -> the proto enum value.
 
     Raises:

@@ -19,7 +19,7 @@ import hmac
 import json
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
@@ -145,7 +145,7 @@ class OpenAIApp:
 
         return endpoint
 
-    async def _timed(self, body: AsyncIterator[Any], name: str, status: str, t0: float) -> AsyncIterator[Any]:
+    async def _timed(self, body: AsyncIterable[Any], name: str, status: str, t0: float) -> AsyncIterator[Any]:
         try:
             async for part in body:
                 yield part

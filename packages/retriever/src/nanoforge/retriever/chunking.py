@@ -31,8 +31,12 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 Span = tuple[int, int]
 #: Text -> sorted, non-overlapping (start, end, n_tokens) units; a unit is never split by a chunk boundary.
@@ -71,7 +75,7 @@ def word_spans(text: str) -> list[tuple[int, int, int]]:
 
 
 @functools.cache
-def _minilm_tokenizer():  # type: ignore[no-untyped-def]
+def _minilm_tokenizer() -> Tokenizer:
     from tokenizers import Tokenizer
 
     from nanoforge.retriever.embedders import minilm_model_dir

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -33,7 +34,10 @@ def _root(value: str | None) -> Path:
     return Path(value or os.environ.get("NANOFORGE_RETRIEVER_ROOT") or DEFAULT_ROOT)
 
 
-def _embedder_options(f):  # type: ignore[no-untyped-def]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _embedder_options(f: _F) -> _F:
     f = click.option("--embedder", type=click.Choice(sorted(EMBEDDERS)), default="minilm", show_default=True,
                      help="Embedding model for new collections.")(f)  # fmt: skip
     f = click.option("--embedder-url", default="", help="openai: base URL (…/v1); inference: host:port.")(f)

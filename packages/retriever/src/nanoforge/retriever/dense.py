@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -124,10 +125,12 @@ class DenseIndex:
             return np.zeros(0, dtype=np.int64)
         if isinstance(self.index, faiss.IndexIDMap2 | faiss.IndexIDMap):
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        inv = self.index.invlists
+        ivf = cast(faiss.IndexIVF, self.index)  # the other kinds are ID maps (above); ivf/ivfpq are IVFs
+        inv = ivf.invlists
+        assert inv is not None  # an IndexIVF always holds its inverted lists
         parts = [
             faiss.rev_swig_ptr(inv.get_ids(c), inv.list_size(c)).copy()
-            for c in range(self.index.nlist)
+            for c in range(ivf.nlist)
             if inv.list_size(c)
         ]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
@@ -167,15 +170,16 @@ class DenseIndex:
         self.tombstones.clear()
 
     def _params(self, allowed: np.ndarray | None, k: int) -> faiss.SearchParameters:
-        sel = None
+        sel: faiss.IDSelector | None = None
         if allowed is not None:
             sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
         elif self.tombstones:
             sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(_ids(self.tombstones)))
         if self.spec.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.spec.ef_search, k))
+            # faiss's stubs lack SearchParametersHNSW and the keyword constructors SWIG provides at run time
+            params = faiss.SearchParametersHNSW(efSearch=max(self.spec.ef_search, k))  # type: ignore[attr-defined]
         elif self.spec.kind in _NEEDS_TRAINING:
-            params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe)
+            params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe)  # type: ignore[call-arg]
         else:
             params = faiss.SearchParameters()
         if sel is not None:
@@ -215,5 +219,5 @@ class DenseIndex:
         if index.d != dim:
             raise ValueError(f"{path}: index dimension {index.d} != manifest dimension {dim}")
         if spec.kind in _NEEDS_TRAINING and isinstance(index, faiss.IndexIDMap2) and index.ntotal == 0:
-            index = None  # an empty placeholder written before the IVF was trained
+            return cls(spec, dim, None)  # an empty placeholder written before the IVF was trained
         return cls(spec, dim, index)

@@ -156,7 +156,7 @@ def export_tiktoken(tok: Tokenizer, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def _tokenizer_file(path: str | Path) -> Path:
+def _tokenizer_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / TOKENIZER_FILE
@@ -245,7 +245,7 @@ def load_native(path: str | Path) -> Tokenizer:
 LOADERS[FORMAT_NAME] = lambda file, obj: native_from_dict(obj, str(file))
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     """Load any tokenizer file this installation understands (native always; others via ``LOADERS``).
 
     Args:

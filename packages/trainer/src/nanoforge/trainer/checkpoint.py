@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -70,7 +70,8 @@ def _fsync_dir(path: Path) -> None:
 
 def capture_rng(data_state: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """All RNG states: tensors (torch, data sampler, numpy key array) and JSON scalars (numpy, python)."""
-    np_state = np.random.get_state()
+    # numpy's stub types the default (legacy=True) call as the dict form; it returns the legacy tuple
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     tensors = {
         "torch_cpu": torch.get_rng_state(),
         "data": data_state,

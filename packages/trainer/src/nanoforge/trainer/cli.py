@@ -57,10 +57,12 @@ def _launch(recipe: str, cfg: Any, out_dir: Path, resume: bool, ray: dict[str, A
                 max_failures=ray["max_failures"],
             )
         if recipe == "pretrain":
-            from nanoforge.trainer.pretrain import run
-        else:
-            from nanoforge.trainer.finetune import run
-        return run(cfg, out_dir, resume=resume)
+            from nanoforge.trainer.pretrain import run as run_pretrain
+
+            return run_pretrain(cfg, out_dir, resume=resume)
+        from nanoforge.trainer.finetune import run as run_finetune
+
+        return run_finetune(cfg, out_dir, resume=resume)
     except NonFiniteLoss as e:
         raise UserError(str(e)) from e
 

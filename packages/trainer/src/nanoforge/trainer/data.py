@@ -30,7 +30,7 @@ class TokenData:
     directory: Path
     manifest: dict[str, Any]
     tokenizer: Tokenizer
-    splits: dict[str, np.memmap]
+    splits: dict[str, np.ndarray]  # a read-only np.memmap per split (a plain empty array for 0 tokens)
 
     @property
     def vocab_size(self) -> int:

@@ -60,7 +60,8 @@ class MetricsLog:
             tmp.write_text("".join(f"{line}\n" for line in kept))
             os.replace(tmp, self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self.tb, self.tb_note = (None, "TensorBoard disabled by log.tensorboard=false")
+        self.tb: Any = None
+        self.tb_note: str | None = "TensorBoard disabled by log.tensorboard=false"
         if tensorboard:
             self.tb, self.tb_note = tensorboard_writer(run_dir / "tensorboard")
 

@@ -63,7 +63,7 @@ def byte_tokenizer() -> Tokenizer:
     return Tokenizer([], pattern="gpt4", metadata={"name": "byte"})
 
 
-def resolve_tokenizer(spec: str | Path) -> Tokenizer:
+def resolve_tokenizer(spec: str | os.PathLike[str]) -> Tokenizer:
     """``"byte"`` or a tokenizer directory/file (nanoforge format)."""
     if str(spec) == BYTE_TOKENIZER:
         return byte_tokenizer()
@@ -435,7 +435,7 @@ def write_arrays(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tok.vocab_size)
-    splits = {}
+    splits: dict[str, dict[str, int | float]] = {}
     for s in SPLITS:
         arr = np.asarray(arrays[s]).astype(dtype)
         atomic_write_bytes(out / f"{s}.bin", arr.tobytes())

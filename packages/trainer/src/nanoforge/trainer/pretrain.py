@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -202,7 +202,7 @@ def run(
             atomic_write_bytes(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
         fwd_model = dist.wrap(model)
         if t.compile:
-            fwd_model = torch.compile(fwd_model)
+            fwd_model = cast(torch.nn.Module, torch.compile(fwd_model))  # an OptimizedModule
         sched = SCHEDULES[cfg.schedule.name]
         sched_args = ScheduleArgs(
             lr=cfg.optim.lr,

@@ -99,7 +99,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Messages]:
 
 def split_val(convs: list[Messages], val_fraction: float) -> tuple[list[Messages], list[Messages]]:
     """Deterministic train/val split by hashing each conversation's JSON (independent of file order)."""
-    train, val = [], []
+    train: list[Messages] = []
+    val: list[Messages] = []
     for conv in convs:
         h = int(hashlib.sha256(json.dumps(conv, sort_keys=True).encode()).hexdigest()[:8], 16)
         (val if h / 0xFFFFFFFF < val_fraction else train).append(conv)

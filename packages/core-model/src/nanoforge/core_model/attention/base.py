@@ -16,6 +16,7 @@ so ONE generation loop drives every variant. What it does not do: decide which r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -85,6 +86,14 @@ class Step:
         return mask
 
 
+class _Decodable(Protocol):
+    """The mixer member ``Attention.new_state`` calls (mixers are ``nn.Module``s, typed as such)."""
+
+    def new_state(
+        self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]: ...
+
+
 class Attention(nn.Module):
     """Projections + QK-norm + RoPE around a mixer. Weight shapes match HF (``q_proj``: (nh*hd, C))."""
 
@@ -110,7 +119,7 @@ class Attention(nn.Module):
         self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
     ) -> dict[str, torch.Tensor]:
         """Empty per-layer decode state (see the mixer)."""
-        return self.mixer.new_state(batch, max_len, device, dtype)
+        return cast(_Decodable, self.mixer).new_state(batch, max_len, device, dtype)
 
     def forward(
         self, x: torch.Tensor, step: Step, state: dict[str, torch.Tensor] | None = None
@@ -124,8 +133,9 @@ class Attention(nn.Module):
         if step.cos is not None and step.sin is not None:
             q, k = apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin)
         y = self.mixer(q, k, v, step, state)  # (B, T, nh * hd)
-        if hasattr(self.mixer, "gate"):  # RetNet's swish output gate reads the block input
-            y = self.mixer.gate(x, y)
+        gate = getattr(self.mixer, "gate", None)  # RetNet's swish output gate reads the block input
+        if gate is not None:
+            y = gate(x, y)
         return self.o_proj(y)
 
 

@@ -15,6 +15,7 @@ time but exact and simple), or any softmax approximation guarantee for elu/relu 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +105,7 @@ class KernelMixer(nn.Module):
     def new_state(
         self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
     ) -> dict[str, torch.Tensor]:
-        f = self.features.n_features
+        f = cast(int, self.features.n_features)  # every feature map module defines n_features
         return {
             "S": torch.zeros(batch, self.n_head, f, self.head_dim, device=device, dtype=torch.float32),
             "z": torch.zeros(batch, self.n_head, f, device=device, dtype=torch.float32),

@@ -39,6 +39,8 @@ def orthogonal_gaussian(m: int, d: int, seed: int) -> torch.Tensor:
 class FavorFeatures(nn.Module):
     """FAVOR+ positive random features with a fixed seeded projection."""
 
+    projection: torch.Tensor  # (m, head_dim) buffer, registered in __init__
+
     def __init__(self, head_dim: int, n_features: int, seed: int) -> None:
         super().__init__()
         self.n_features = n_features

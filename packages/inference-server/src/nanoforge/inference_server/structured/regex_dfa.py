@@ -211,8 +211,8 @@ class _Parser:
                 extra.append(literal(c))
         if negate:
             mask = _ASCII & ~mask
-        node: Node = ("set", mask)
-        return ("alt", [node, *extra]) if extra else node
+        ascii_set: Node = ("set", mask)
+        return ("alt", [ascii_set, *extra]) if extra else ascii_set
 
 
 def parse_regex(pattern: str) -> Node:
@@ -370,8 +370,8 @@ def build_dfa(node: Node) -> DFA:
     # Trim: keep states from which an accepting state is reachable (backwards fixpoint).
     live = acc.copy()
     while True:
-        nxt = np.where(raw >= 0, raw, 0)
-        reach = live | ((raw >= 0) & live[nxt]).any(axis=1)
+        targets = np.where(raw >= 0, raw, 0)  # (n, 256) next state, 0 where there is none
+        reach = live | ((raw >= 0) & live[targets]).any(axis=1)
         if (reach == live).all():
             break
         live = reach
