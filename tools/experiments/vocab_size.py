@@ -24,20 +24,26 @@ run of ``--model-steps`` steps (equal tokens, more compute) to separate the two 
 model's mean next-token loss over the held-out documents, cut into non-overlapping ``block``-token windows,
 in bits, times held-out tokens / held-out UTF-8 bytes. Writes ``vocab_size_downstream.png`` too.
 
+Results go to ``vocab_size.json`` (tokenizer rows) and ``vocab_size_downstream.json`` (model rows), each
+with its run's metadata (command, date, load); the .md and .png are rendered from them, including the
+downstream "What it means" section, which ``interpret_downstream`` computes from the numbers.
+``--render-only`` re-renders everything from the two JSON files in ``--out`` without training (each
+section then states the command and date of the run it comes from).
+
 What it does not do: tune the model per vocab, repeat seeds, or train long (minutes on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from _report import ROOT, header, load_level, load_results, run_meta, save_figure, save_results, write_text
+
 D_MODEL, N_LAYER = 512, 8
 NON_EMBEDDING = 12 * N_LAYER * D_MODEL**2
 
@@ -127,21 +133,20 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
-def markdown(rows: list[dict], cmd: str, corpus: str, docs: int) -> str:
+def markdown(rows: list[dict], meta: dict) -> str:
+    """The tokenizer section: command and load, corpus, table, plot, and a computed reading."""
     base = rows[0]
+    args = meta.get("args", {})
     lines = [
         "# Experiment: vocabulary size (4k ... 32k)",
         "",
-        f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f} at the end: shared with other jobs, so times are indicative). "
-        "Training time includes counting the corpus's pieces, the same work at every vocab size.",
+        header(meta)
+        + " Training time includes counting the corpus's pieces, the same work at every vocab size.",
         "",
-        f"Corpus: {corpus}: {docs} documents; every 10th document held out ({base['held_mb']:.2f} MB), the rest "
+        f"Corpus: {args.get('corpus_desc', '(not recorded)')}: {args.get('n_docs', '?')} documents; every 10th document held out ({base['held_mb']:.2f} MB), the rest "
         f"({base['train_mb']:.2f} MB) used for training. Tokenizer: our byte-level BPE, GPT-4 split pattern, "
         f"`<|endoftext|>` special. Model for the parameter share: width {D_MODEL}, {N_LAYER} layers, "
         f"non-embedding params 12*L*d^2 = {NON_EMBEDDING / 1e6:.1f}M, tied input/output embedding V*d.",
@@ -162,7 +167,7 @@ def markdown(rows: list[dict], cmd: str, corpus: str, docs: int) -> str:
         "",
         "Reading: going from {a} to {b} ids shortens the held-out text by {c:.0f}% (same bytes, fewer tokens, so a "
         "fixed context window sees {d:.0f}% more text), while the embedding grows from {e:.0f}% to {f:.0f}% of this "
-        "small model's parameters and training takes {g:.1f}x as long. Whether the shorter sequences pay for the "
+        "small model's parameters and training takes {g:.1f}x as long{h}. Whether the shorter sequences pay for the "
         "bigger softmax and embedding is measured in bits per byte by training models (`--downstream`, next section).".format(
             a=first["vocab"],
             b=last["vocab"],
@@ -171,13 +176,17 @@ def markdown(rows: list[dict], cmd: str, corpus: str, docs: int) -> str:
             e=100 * first["share"],
             f=100 * last["share"],
             g=last["seconds"] / first["seconds"],
+            h=""
+            if load_level(meta) == "idle"
+            else " in this run (wall clock on a loaded machine: not a reliable speed comparison)",
         ),
     ]
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------ downstream models
-BODY = ["model.n_layer=4", "model.n_head=4", "model.d_model=128", "model.max_seq_len=128"]
+BODY_D, BODY_L = 128, 4  # width and depth of the downstream models
+BODY = [f"model.n_layer={BODY_L}", "model.n_head=4", f"model.d_model={BODY_D}", "model.max_seq_len=128"]
 BLOCK, BATCH = 128, 16
 
 
@@ -352,25 +361,27 @@ def plot_downstream(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
-def markdown_downstream(rows: list[dict], args: argparse.Namespace) -> str:
+def markdown_downstream(rows: list[dict], meta: dict, tok_meta: dict) -> str:
+    """The downstream section: its own command line when it comes from another run, table, plot, meaning."""
+    args = meta.get("args", {})
+    same = meta.get("command") == tok_meta.get("command") and meta.get("date") == tok_meta.get("date")
     lines = [
         "",
         "## Downstream: bits per byte of small models at equal training compute",
         "",
+        *([] if same else ["From another run than the section above. " + header(meta), ""]),
         f"One GPT per vocab (4 layers, 4 heads, width 128, block {BLOCK}, batch {BATCH}, learned positions, tied "
         "embeddings, AdamW lr 2e-3 with 10% warmup then cosine to 2e-4, clip 1.0, seed 1337), trained with "
-        f"`nanoforge.trainer.pretrain.run` on the first {args.train_mb:g} MB of the training documents, "
-        f"{args.threads} torch thread(s). **Equal compute** = equal training FLOPs counted by "
+        f"`nanoforge.trainer.pretrain.run` on the first {args['train_mb']:g} MB of the training documents, "
+        f"{args['threads']} torch thread(s). **Equal compute** = equal training FLOPs counted by "
         "`flops_per_token(...)['training']` (6 x matmul parameters including the LM head, + attention) x tokens: "
         f"the {rows[0]['vocab']} vocab trains {rows[0]['steps']} steps, the others as many steps as the same FLOPs "
         "buy (a bigger vocab costs more FLOPs per token through its LM head, so it sees fewer tokens, though each "
         "token carries more bytes). Held-out: the first "
-        f"{args.val_mb:g} MB of the held-out documents, every token scored in non-overlapping {BLOCK}-token windows; "
+        f"{args['val_mb']:g} MB of the held-out documents, every token scored in non-overlapping {BLOCK}-token windows; "
         "bits per byte = mean loss / ln 2 x held-out tokens / held-out bytes.",
         "",
         "| vocab | arm | steps | train tokens | train bytes seen | FLOPs/token | train compute (TFLOP) | held-out loss "
@@ -383,8 +394,111 @@ def markdown_downstream(rows: list[dict], args: argparse.Namespace) -> str:
             f"{r['flops_per_token'] / 1e6:.1f}M | {r['flops'] / 1e12:.2f} | {r['heldout_loss']:.4f} | "
             f"**{r['heldout_bpb']:.4f}** | {r['wall_s']:.0f} |"
         )
-    lines += ["", "![downstream bits per byte](vocab_size_downstream.png)", ""]
+    lines += [
+        "",
+        "![downstream bits per byte](vocab_size_downstream.png)",
+        "",
+        "### What the downstream result means",
+        "",
+        interpret_downstream(rows),
+    ]
     return "\n".join(lines) + "\n"
+
+
+def head_share(vocab: int, d_model: int, n_layer: int) -> float:
+    """Share of the matmul parameters in a tied LM head of ``vocab`` rows: V*d / (V*d + 12*L*d^2).
+
+    Example: ``head_share(8192, 128, 4)`` -> 0.571 (1.05M head vs 0.79M body).
+    """
+    return vocab * d_model / (vocab * d_model + 12 * n_layer * d_model**2)
+
+
+def interpret_downstream(rows: list[dict]) -> str:
+    """The downstream bullets, each computed from the rows (nothing here is written before the run)."""
+    eq = {r["vocab"]: r for r in rows if r["arm"] == "equal FLOPs"}
+    et = {r["vocab"]: r for r in rows if r["arm"] == "equal tokens"}
+    d, n_layer = BODY_D, BODY_L
+    small, big = min(eq), max(eq)
+    s, b = eq[small], eq[big]
+    bpt = {v: r["train_bytes_seen"] / r["tokens"] for v, r in eq.items()}  # bytes per token, training text
+    out = []
+    if small != big:
+        win, lose = (s, b) if s["heldout_bpb"] < b["heldout_bpb"] else (b, s)
+        text = (
+            f"**At equal training compute the {win['vocab']} vocabulary wins on this small model: "
+            f"{win['heldout_bpb']:.3f} vs {lose['heldout_bpb']:.3f} bits per byte** on the same held-out text "
+            f"({s['flops'] / 1e12:.1f} vs {b['flops'] / 1e12:.1f} TFLOP of training)."
+        )
+        text += (
+            f" Where the FLOPs go: with a width-{d}, {n_layer}-layer body ({12 * n_layer * d * d / 1e6:.2f}M "
+            f"non-embedding matmul parameters) a training token costs {s['flops_per_token'] / 1e6:.1f}M FLOPs at "
+            f"{small} and {b['flops_per_token'] / 1e6:.1f}M at {big}, because the tied LM head is "
+            f"{head_share(small, d, n_layer):.0%} and {head_share(big, d, n_layer):.0%} of the matmul "
+            f"parameters. The same compute buys the {big} model {s['steps'] / b['steps']:.1f}x fewer tokens and "
+            f"optimizer steps ({b['steps']} vs {s['steps']}), while each of its tokens carries "
+            f"{bpt[big] / bpt[small] - 1:.0%} more bytes ({bpt[big]:.2f} vs {bpt[small]:.2f} bytes/token on the "
+            f"training text): it sees {b['train_bytes_seen'] / 1e6:.2f} MB of text vs "
+            f"{s['train_bytes_seen'] / 1e6:.2f} MB."
+        )
+        out.append(text)
+    if big in et and small != big:
+        t = et[big]
+        per_step = t["heldout_bpb"] < s["heldout_bpb"]
+        w, lo = (t, s) if per_step else (s, t)
+        out.append(
+            f"**At equal tokens (equal steps, {t['steps']}) the {w['vocab']} vocabulary wins: "
+            f"{w['heldout_bpb']:.3f} vs {lo['heldout_bpb']:.3f} bits per byte**, "
+            f"{1 - w['heldout_bpb'] / lo['heldout_bpb']:.1%} fewer bits; the {big} run costs "
+            f"{t['flops'] / s['flops']:.1f}x the compute ({t['flops'] / 1e12:.1f} vs {s['flops'] / 1e12:.1f} TFLOP)."
+            + (
+                " The bigger vocabulary is better per step and worse per FLOP at this size."
+                if per_step and s["heldout_bpb"] < b["heldout_bpb"]
+                else ""
+            )
+        )
+    if small != big and s["heldout_bpb"] < b["heldout_bpb"]:
+        out.append(
+            'So "a bigger vocab compresses better" (section above) turns into better bits per byte for the '
+            "compute only when the body is large enough that the LM head is a small share of the work: at "
+            f"GPT-2 small's scale (width 768, 12 layers) a 50,257-id head is {head_share(50257, 768, 12):.0%} of "
+            f"the matmul parameters; here a {big}-id head is {head_share(big, d, n_layer):.0%}. Among the "
+            f"vocabularies trained here, {small} is the better choice for this model size at fixed compute "
+            "(smaller ones were not trained downstream; tools/demo.py trains a 4096-id tokenizer by default for "
+            "its width-128 model)."
+        )
+    pairs = [(s, b)] + ([(s, et[big])] if big in et else [])
+    gaps = " and ".join(
+        f"{abs(x['heldout_bpb'] - y['heldout_bpb']) / x['heldout_bpb']:.1%}" for x, y in pairs
+    )
+    out.append(
+        f"Limits: one seed per arm and no seed repeats, so the run cannot measure seed-to-seed noise (the gaps "
+        f"above are {gaps} of the bits per byte, but how much of that seeds alone would move is unmeasured); "
+        f"short runs (the equal-FLOPs {big} model trains only {b['steps']} steps, so this compares early "
+        "training); learning rate and warmup share not "
+        "tuned per vocab. Training is deterministic on CPU, so the same command and seed should reproduce the "
+        "numbers. Wall times depend on the machine's load and are not a speed comparison; the FLOPs column is "
+        "the cost measure."
+    )
+    return "\n".join("- " + x for x in out)
+
+
+def render(out: Path, with_downstream: bool = True) -> str:
+    """Rewrite vocab_size.md and the plots in ``out`` from the saved JSON files (no training).
+
+    Args:
+        out: folder with ``vocab_size.json`` (required) and ``vocab_size_downstream.json`` (optional).
+        with_downstream: include the downstream section when its JSON exists.
+    """
+    meta, rows = load_results(out / "vocab_size.json")
+    plot(rows, out / "vocab_size.png")
+    text = markdown(rows, meta)
+    down = out / "vocab_size_downstream.json"
+    if with_downstream and down.is_file():
+        dmeta, drows = load_results(down)
+        plot_downstream(drows, out / "vocab_size_downstream.png")
+        text += markdown_downstream(drows, dmeta, meta)
+    write_text(out / "vocab_size.md", text)
+    return text
 
 
 def main() -> None:
@@ -395,7 +509,7 @@ def main() -> None:
     parser.add_argument("--max-mb", type=float, default=20.0, help="use at most this much text")
     parser.add_argument("--vocabs", default="4096,8192,16384,32768", help="comma-separated vocab sizes")
     parser.add_argument(
-        "--out", default=str(ROOT / "docs" / "experiments"), help="directory for the .md and .png"
+        "--out", default=str(ROOT / "docs" / "experiments"), help="directory for the .md, .png and .json"
     )
     parser.add_argument(
         "--downstream",
@@ -409,31 +523,36 @@ def main() -> None:
     parser.add_argument("--train-mb", type=float, default=4.0, help="training text for the downstream models")
     parser.add_argument("--val-mb", type=float, default=0.5, help="held-out text scored for bits per byte")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the downstream models")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite vocab_size.md and plots from --out's JSON files"
+    )
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.render_only:
+        print(render(out))
+        return
     vocabs = sorted(int(v) for v in args.vocabs.split(","))
     down = sorted(int(v) for v in args.downstream.split(",") if v)
     if any(v not in vocabs for v in down):
         raise SystemExit(f"error: --downstream {down} must be among --vocabs {vocabs}")
+    load0 = os.getloadavg()[0]
     docs = load_docs(args.corpus, args.max_mb)
     toks: dict = {}
     rows = run(docs, vocabs, toks)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(rows, out / "vocab_size.png")
     cmd = "python " + " ".join([Path(__file__).resolve().relative_to(ROOT).as_posix(), *sys.argv[1:]])
     stdlib = "the local Python standard library (*.py, *.txt, *.rst; see the script docstring)"
     name = stdlib if args.corpus == ["stdlib"] else " ".join(args.corpus)
-    text = markdown(rows, cmd, f"{name}, first {args.max_mb:g} MB", len(docs))
+    opts = {k: v for k, v in vars(args).items() if k not in ("out", "render_only")}
+    opts |= {"corpus_desc": f"{name}, first {args.max_mb:g} MB", "n_docs": len(docs)}
+    drows = downstream(docs, {v: toks[v] for v in down}, args) if down else []
+    meta = run_meta(cmd, opts, load0)
     if down:
-        drows = downstream(docs, {v: toks[v] for v in down}, args)
-        plot_downstream(drows, out / "vocab_size_downstream.png")
-        text += markdown_downstream(drows, args)
-        (out / "vocab_size_downstream.json").write_text(json.dumps(drows, indent=1))
-    tmp = out / "vocab_size.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out / "vocab_size.md")
+        save_results(out / "vocab_size_downstream.json", meta, drows)
+    save_results(out / "vocab_size.json", meta, rows)
+    text = render(out, with_downstream=bool(down))
     print(text)
-    print(f"wrote {out / 'vocab_size.md'} and {out / 'vocab_size.png'}")
+    print(f"wrote {out / 'vocab_size.md'}, its plots and JSON results")
 
 
 if __name__ == "__main__":
