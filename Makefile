@@ -23,8 +23,7 @@ $(STAMP): constraints.txt requirements-dev.txt $(wildcard packages/*/pyproject.t
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt $(foreach p,$(PKGS),-e "$(p)[test]") $(QUIET_PIP)
 	@touch $@
 
-# `typecheck` joins lint (as `lint: install typecheck`) once trainer/{lora,adapters}.py are mypy-clean.
-lint: install  ## ruff over the whole tree + generated gRPC stubs up to date
+lint: install typecheck  ## ruff + mypy over the whole tree + generated gRPC stubs up to date
 	$(BIN)/ruff check .
 	$(BIN)/python tools/gen_protos.py --check
 	$(BIN)/ruff format --check . || (echo "run: $(BIN)/ruff format ." && exit 1)

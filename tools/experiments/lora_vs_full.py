@@ -10,8 +10,12 @@ Pipeline, all on CPU with nanoforge's own recipes:
 4. a LoRA learning-rate sweep: r=8, short runs, the lr with the lowest *validation* loss wins (the test set
    is never looked at to choose it);
 5. each variant is one ``finetune.run`` in a fresh subprocess (so its peak RSS and CPU time are its own):
-   full FT and LoRA (peft) r=4/8/16 on q/k/v/o/up/down projections, alpha = 2r. LoRA gets more steps than
-   full FT (the usual allowance for its cheaper steps); steps, lr, CPU time are all in the table;
+   full FT and LoRA (peft) r=4/8/16 on q/k/v/o/up/down projections, alpha = 2r, which also train the rows of
+   the chat special tokens (``lora.trainable_tokens=special``: <|im_start|>, <|im_end|>, <|endoftext|>, never
+   seen in pretraining), plus a control, ``frozen-rows-r16``: LoRA r=16 with those rows frozen
+   (``lora.trainable_tokens=none``, plain LoRA), and a diagnostic, ``label-rows-r16``: LoRA r=16 that also
+   trains the rows of the tokens the six labels are spelled with (``lora.trainable_tokens=<ids>``). LoRA gets
+   more steps than full FT (the usual allowance for its cheaper steps); steps, lr, CPU time are all in the table;
 6. quality: accuracy on the 500 test questions, choosing the label whose tokens (plus end-of-turn) the model
    finds most likely after the prompt. The prompting baseline scores the base model the same way with six
    labelled examples (one per class) in the prompt, on a fixed seeded subset (``--prompt-n``, 100).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -46,6 +51,8 @@ LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 INSTRUCTION = "Classify the question type (ABBR, DESC, ENTY, HUM, LOC or NUM): "
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"
 MANIFEST = "manifest.json"
+CONTROL = "frozen-rows-r16"  # LoRA r=16 without trainable token rows: where LoRA stood before
+LABEL_ROWS = "label-rows-r16"  # LoRA r=16 training the special tokens' rows and the label tokens' rows
 
 
 def read_trec(name: str) -> list[tuple[str, str]]:
@@ -114,11 +121,17 @@ def build_base(work: Path, pretrain_steps: int, threads: int) -> dict:
 
 @torch.no_grad()
 def label_accuracy(
-    model: torch.nn.Module, tok, test: list[tuple[str, str]], shots: list[dict], batch: int = 8
+    model: torch.nn.Module,
+    tok,
+    test: list[tuple[str, str]],
+    shots: list[dict],
+    batch: int = 8,
+    answers: dict[str, int] | None = None,
 ) -> float:
     """Share of test questions whose most likely label (sum of label-token log-probs) is right.
 
-    ``batch`` questions go through one forward: 6 rows (one per label) each, right-padded.
+    ``batch`` questions go through one forward: 6 rows (one per label) each, right-padded. ``answers``, when
+    given, counts how often each label was chosen.
     """
     from nanoforge.tokenizer.chat import render_chat
 
@@ -140,7 +153,10 @@ def label_accuracy(
             for k, ids in enumerate(label_ids):
                 pos = torch.arange(len(prompts[i]) - 1, len(prompts[i]) - 1 + len(ids))
                 scores.append(float(logp[i * 6 + k, pos, torch.tensor(ids)].sum()))
-            correct += LABELS[max(range(6), key=scores.__getitem__)] == gold
+            choice = LABELS[max(range(6), key=scores.__getitem__)]
+            correct += choice == gold
+            if answers is not None:
+                answers[choice] = answers.get(choice, 0) + 1
     return correct / len(test)
 
 
@@ -180,7 +196,7 @@ def run_prompting(work: Path, n: int) -> dict:
 
 
 def run_finetune(
-    name: str, work: Path, method: str, r: int, lr: float, steps: int, a: argparse.Namespace
+    name: str, work: Path, method: str, r: int, lr: float, steps: int, a: argparse.Namespace, tokens: str
 ) -> dict:
     """One fine-tune (called in its own process): train, then (unless a sweep run) test accuracy."""
     from nanoforge.core_model.checkpoint import load_model
@@ -213,6 +229,7 @@ def run_finetune(
         "lora.dropout=0.0",
         f"lora.target_modules={LORA_TARGETS}",
         "lora.merge=true",  # RUN/final = base + adapter merged (what the Score RPC serves)
+        f"lora.trainable_tokens={tokens}",  # special: the chat special tokens' rows train with the adapter
     ]
     cfg = load_finetune_config("sft-demo", over, method=method)
     c0 = cpu_seconds()
@@ -235,13 +252,33 @@ def run_finetune(
         "val_loss": summary["eval"].get("val_loss"),
         "final": str(run_dir / "final"),
         "adapter": summary.get("adapter"),
+        "token_rows": token_rows(summary.get("adapter")),
     }
     if not a.sweep:
         tok = load_any_tokenizer(work / "base" / "tokenizer")
         test = test_subset(a.eval_n)
-        result["accuracy"] = label_accuracy(load_model(run_dir / "final"), tok, test, [])
+        answers: dict[str, int] = {}
+        result["accuracy"] = label_accuracy(load_model(run_dir / "final"), tok, test, [], answers=answers)
         result["n_test"] = len(test)
+        result["answers"] = dict(sorted(answers.items(), key=lambda kv: -kv[1]))
     return result
+
+
+def label_row_ids(work: Path) -> list[int]:
+    """The chat special tokens plus every token the six labels are spelled with (``LABEL_ROWS``'s rows)."""
+    from nanoforge.tokenizer.hf import load_any_tokenizer
+
+    tok = load_any_tokenizer(work / "base" / "tokenizer")
+    specials = [tok.special_tokens[s] for s in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")]
+    return sorted({*specials, *(i for lab in LABELS for i in tok.encode(lab))})
+
+
+def token_rows(adapter: str | None) -> list[int]:
+    """The token ids whose rows an adapter trains (its ``trainable_token_indices``), [] for none / full FT."""
+    if not adapter:
+        return []
+    layers = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("trainable_token_indices")
+    return sorted({i for ids in (layers or {}).values() for i in ids})
 
 
 def child(a: argparse.Namespace) -> None:
@@ -250,7 +287,7 @@ def child(a: argparse.Namespace) -> None:
     if a.variant == "prompting":
         result = run_prompting(a.work, a.prompt_n)
     else:
-        result = run_finetune(a.variant, a.work, a.method, a.rank, a.lr, a.steps, a)
+        result = run_finetune(a.variant, a.work, a.method, a.rank, a.lr, a.steps, a, a.trainable_tokens)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -265,6 +302,7 @@ def spawn(a: argparse.Namespace, work: Path, jobs: list[dict]) -> list[dict]:
         cmd += ["--method", job.get("method", "full"), "--rank", str(job.get("r", 0))]
         cmd += ["--lr", str(job.get("lr", 0.0)), "--steps", str(job.get("steps", 0))]
         cmd += ["--sweep"] if job.get("sweep") else []
+        cmd += ["--trainable-tokens", job.get("tokens", a.trainable_tokens)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -302,6 +340,17 @@ def loss_breakdown(work: Path, names: list[str], n: int = 100) -> dict[str, dict
     return out
 
 
+def prior_nll(n: int = 100) -> float:
+    """NLL (nats) of the gold label's first token for a model that knows only the train label frequencies
+    (each label starts with its own token), on the ``loss_breakdown`` questions: the no-question baseline."""
+    counts: dict[str, int] = {}
+    for label, _ in read_trec("train_5500.label"):
+        counts[label] = counts.get(label, 0) + 1
+    total = sum(counts.values())
+    test = test_subset(n)
+    return -sum(math.log(counts[gold] / total) for gold, _ in test) / len(test)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("docs/experiments"), help="report directory")
@@ -324,6 +373,12 @@ def main() -> None:
     )
     ap.add_argument("--prompt-n", type=int, default=100, help="test questions for 6-shot prompting")
     ap.add_argument("--reuse-base", action="store_true", help="keep --work/base if present (quick reruns)")
+    ap.add_argument(
+        "--trainable-tokens",
+        default="special",
+        help="lora.trainable_tokens of the LoRA variants (special | none)",
+    )
+    ap.add_argument("--control-rank", type=int, default=16, help=f"rank of {CONTROL} (0 = no control run)")
     # internal: run one variant in this process
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
@@ -378,6 +433,10 @@ def main() -> None:
     jobs += [
         {"name": f"lora-r{r}", "method": "lora", "r": r, "lr": best_lr, "steps": a.lora_steps} for r in ranks
     ]
+    if a.control_rank:
+        ctl = {"method": "lora", "r": a.control_rank, "lr": best_lr, "steps": a.lora_steps, "tokens": "none"}
+        jobs.append({"name": CONTROL, **ctl})
+        jobs.append({"name": LABEL_ROWS, **ctl, "tokens": ",".join(map(str, label_row_ids(work)))})
     results = spawn(a, work, jobs)
     total_s = time.perf_counter() - t_start
     manifest = {
@@ -426,6 +485,7 @@ def write_report(
     ax1.bar([r["variant"] for r in results], [100 * r["accuracy"] for r in results], color="tab:blue")
     ax1.axhline(100 * 138 / 500, ls="--", color="gray", label="majority class (DESC)")
     ax1.set_ylabel("TREC test accuracy (%)")
+    ax1.tick_params(axis="x", labelrotation=35)
     ax1.legend()
     ax2.plot([s["lr"] for s in sweep], [s["val_loss"] for s in sweep], "o-")
     ax2.set_xscale("log")
@@ -454,25 +514,27 @@ def write_report(
     ]
     rows = [
         "| variant | lr | steps | trainable params | peak RSS (MB) | train state (MB) | train tok/s | train s "
-        "| train CPU-s | val loss | test accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| train CPU-s | val loss | test accuracy | most chosen label |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         if r["variant"] == "prompting":
             rows.append(
                 f"| prompting (6-shot, base model; {r['n_test']} test questions) | – | – | 0 | "
-                f"{r['peak_rss_mb']:.0f} | – | – | – | – | – | {100 * r['accuracy']:.1f}% |"
+                f"{r['peak_rss_mb']:.0f} | – | – | – | – | – | {100 * r['accuracy']:.1f}% | – |"
             )
             continue
         rows.append(
             f"| {r['variant']} | {r['lr']:g} | {r['steps']} | {r['trainable']:,} | {r['peak_rss_mb']:.0f} | "
             f"{r['train_state_mb']:.2f} | {r['tokens_per_s']:,.0f} | {r['train_s']:.0f} | {r['train_cpu_s']:.0f} | "
-            f"{r['val_loss']:.3f} | {100 * r['accuracy']:.1f}% |"
+            f"{r['val_loss']:.3f} | {100 * r['accuracy']:.1f}% | {top_answer(r)} |"
         )
     cmd = (
         f"python tools/experiments/lora_vs_full.py --pretrain-steps {a.pretrain_steps} --full-steps "
         f"{a.full_steps} --lora-steps {a.lora_steps} --sweep-lrs {a.sweep_lrs} --sweep-steps {a.sweep_steps} "
         f"--threads {a.threads} --jobs {a.jobs} --eval-n {a.eval_n} --prompt-n {a.prompt_n}"
+        + (f" --trainable-tokens {a.trainable_tokens}" if a.trainable_tokens != "special" else "")
+        + (f" --control-rank {a.control_rank}" if a.control_rank != 16 else "")
         + (" --reuse-base" if reused else "")
     )
     base_note = (
@@ -492,8 +554,11 @@ def write_report(
         "trains (batch 16 x 128 packed tokens, loss on the assistant's label tokens only) on the 5,452 labelled "
         "questions rendered as ChatML chats (5% held out for the validation loss); accuracy is on "
         f"{tuned[0]['n_test']} of the 500 TREC-10 test questions (a seeded subset when fewer), choosing the most likely of the six labels. LoRA (via peft) adapts q/k/v/o/up/down "
-        "projections, alpha = 2r, no dropout; its lr comes from the sweep below (lowest validation loss, test "
-        "set untouched).\n\n"
+        "projections, alpha = 2r, no dropout, and trains the embedding rows of the chat special tokens "
+        f"(`lora.trainable_tokens={a.trainable_tokens}`); `{CONTROL}` is LoRA r=16 with those rows frozen "
+        f"(`lora.trainable_tokens=none`: plain LoRA, the setup of the earlier run), and `{LABEL_ROWS}` (a diagnostic) "
+        "also trains the rows of the tokens the six labels are spelled with. The LoRA lr comes from the "
+        "sweep below (lowest validation loss, test set untouched).\n\n"
         "## LoRA learning-rate sweep\n\n" + "\n".join(sweep_rows) + "\n\n"
         "## Variants\n\n"
         + "\n".join(rows)
@@ -505,37 +570,116 @@ def write_report(
         "## Where the loss sits\n\n"
         "Mean negative log-likelihood (nats) of each part of the gold answer, 100 test questions (diagnosis only; "
         "nothing is chosen with it):\n\n" + "\n".join(bd_rows) + "\n\n"
-        "## What it means\n\n" + interpret(results, sweep, best_lr) + floor_note(breakdown) + "\n"
+        f"Reference: knowing only the train label frequencies gives {prior_nll():.3f} nats on the first label "
+        f"token of these questions (a uniform guess over the six labels: {math.log(6):.3f}).\n\n"
+        "## What it means\n\n"
+        + interpret(results, sweep, best_lr)
+        + floor_note(breakdown, results, prior_nll())
+        + "\n"
     )
 
 
-def floor_note(breakdown: dict[str, dict[str, float]]) -> str:
-    """A bullet when every LoRA rank ends at the same loss on a token kind that full FT learns (else empty)."""
+def top_answer(r: dict) -> str:
+    """``"DESC 100%"``: the label a variant chose most often on the test set and its share."""
+    if not r.get("answers"):
+        return "–"
+    label, count = max(r["answers"].items(), key=lambda kv: kv[1])
+    return f"{label} {count / r['n_test']:.0%}"
+
+
+def floor_note(breakdown: dict[str, dict[str, float]], results: list[dict], prior: float) -> str:
+    """Bullets on where LoRA's loss sits: with vs without trainable token rows, and any rank-independent floor."""
+    by = {r["variant"]: r for r in results}
     loras = {k: v for k, v in breakdown.items() if k.startswith("lora")}
-    if "full" not in breakdown or len(loras) < 2:
+    if "full" not in breakdown or not loras:
         return ""
+    full = breakdown["full"]
+    out = []
+    rows = next((by[k]["token_rows"] for k in loras if by[k].get("token_rows")), [])
+    if rows and CONTROL in breakdown:
+        ctl, c = breakdown[CONTROL], by[CONTROL]
+        same = by.get(f"lora-r{c['rank']}")
+        parts = []
+        for p in full:
+            lo, hi = min(v[p] for v in loras.values()), max(v[p] for v in loras.values())
+            verb = "drops" if hi < ctl[p] - 0.1 else "rises" if lo > ctl[p] + 0.1 else "stays"
+            parts.append(
+                f"{p} {verb}: {lo:.3f}-{hi:.3f} with the rows training (r {', '.join(k[6:] for k in loras)}) vs "
+                f"{ctl[p]:.3f} with them frozen ({CONTROL}) and {full[p]:.3f} for full FT"
+            )
+        acc = (
+            f" Accuracy at the same rank: {same['variant']} {100 * same['accuracy']:.1f}% vs {CONTROL} "
+            f"{100 * c['accuracy']:.1f}% ({100 * (same['accuracy'] - c['accuracy']):+.1f} points)."
+            if same
+            else ""
+        )
+        out.append(
+            f"\n- Trainable token rows: the LoRA variants also train the embedding rows of the {len(rows)} special "
+            f"tokens that occur in the chats (ids {', '.join(map(str, rows))}; a tied LM head reads the same rows). "
+            f"Per-token loss: " + "; ".join(parts) + "." + acc
+        )
+        eot = "end of turn"
+        if eot in ctl and max(v[eot] for v in loras.values()) < ctl[eot] - 0.5 and same:
+            helped = same["accuracy"] > c["accuracy"] + 0.02
+            out.append(
+                f"\n- So the untrained special-token rows were the end-of-turn floor ({ctl[eot]:.2f} -> "
+                f"{max(v[eot] for v in loras.values()):.3f} nats), "
+                + (
+                    "and training them also lifts accuracy."
+                    if helped
+                    else "but not what holds LoRA's accuracy back: the first label token, the one that carries "
+                    f"the class, stays at {min(v['first label token'] for v in loras.values()):.2f}-"
+                    f"{max(v['first label token'] for v in loras.values()):.2f} nats with or without them. Accuracy "
+                    "sums the label's tokens and the end of turn, so a per-label difference in the old end-of-turn "
+                    "loss also moved the frozen-rows scores"
+                    + (
+                        f"; with it gone the LoRA variants mostly answer one label ({', '.join(f'{k} {top_answer(by[k])}' for k in loras)})."
+                        if any(k in by and by[k].get("answers") for k in loras)
+                        else "."
+                    )
+                )
+            )
+        if LABEL_ROWS in breakdown:
+            lr_, lb = by[LABEL_ROWS], breakdown[LABEL_ROWS]
+            first = "first label token"
+            near = abs(lb[first] - full[first]) < 0.15
+            out.append(
+                f"\n- Diagnostic {LABEL_ROWS} (r={c['rank']}, also the rows of the "
+                f"{len(lr_['token_rows']) - len(rows)} tokens the labels are spelled with): "
+                + ", ".join(f"{p} {lb[p]:.3f}" for p in lb)
+                + f" nats; accuracy {100 * lr_['accuracy']:.1f}% (most chosen label: {top_answer(lr_)})"
+                + (
+                    f". Its first-label-token loss is near full FT's ({full[first]:.3f}) and both are near the "
+                    f"{prior:.3f} nats of knowing only the label frequencies, yet accuracy is "
+                    f"{100 * lr_['accuracy']:.1f}% vs {100 * by['full']['accuracy']:.1f}%: on this task that loss "
+                    "mostly measures the label prior, so the validation loss cannot rank the variants; what LoRA "
+                    "misses here is which question gets which label, not the label tokens' rows."
+                    if near
+                    and abs(full[first] - prior) < 0.3
+                    and lr_["accuracy"] < by["full"]["accuracy"] - 0.05
+                    else "."
+                )
+            )
     stuck = [
         p
-        for p in breakdown["full"]
-        if max(v[p] for v in loras.values()) - min(v[p] for v in loras.values()) < 0.02
-        and min(v[p] for v in loras.values()) > breakdown["full"][p] + 0.5
+        for p in full
+        if len(loras) > 1
+        and max(v[p] for v in loras.values()) - min(v[p] for v in loras.values()) < 0.02
+        and min(v[p] for v in loras.values()) > full[p] + 0.5
     ]
-    if not stuck:
-        return ""
-    vals = "; ".join(
-        f"{p}: {min(v[p] for v in loras.values()):.2f}-{max(v[p] for v in loras.values()):.2f} for every rank vs "
-        f"{breakdown['full'][p]:.3f} for full FT"
-        for p in stuck
-    )
-    return (
-        f"\n- Where LoRA stops: the loss on the {' and '.join(stuck)} ends at the same value whatever the rank "
-        f"({vals}), so more rank does not help there. A floor that does not depend on r points at what LoRA "
-        "leaves frozen: the final norm and the tied embedding / output rows. The chat special tokens never occur "
-        "in the raw pretraining text, so their rows (the `<|im_end|>` the answer must end with) are untrained "
-        "and stay so under LoRA, while full FT trains them (an explanation, not tested here). The fair fix is to "
-        "train those token rows with the adapter (peft's `trainable_token_indices`); the trainer's `lora.*` "
-        "settings do not expose that yet."
-    )
+    if stuck:
+        vals = "; ".join(
+            f"{p}: {min(v[p] for v in loras.values()):.2f}-{max(v[p] for v in loras.values()):.2f} for every "
+            f"rank vs {full[p]:.3f} for full FT"
+            for p in stuck
+        )
+        out.append(
+            f"\n- A floor that does not depend on the rank: the loss on the {' and '.join(stuck)} ends at the same "
+            f"value whatever r ({vals}), so more rank does not help there; it points at weights that stay frozen "
+            "under LoRA"
+            + (" (the final norm, the other embedding rows)." if rows else " (norms, embedding rows).")
+        )
+    return "".join(out)
 
 
 def interpret(results: list[dict], sweep: list[dict], best_lr: float) -> str:

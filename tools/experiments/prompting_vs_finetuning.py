@@ -548,7 +548,14 @@ def write_report(
         f"Every variant answers the same questions ({subset} TREC-10 test questions), through `nanoforge serve` child "
         "processes over gRPC, driven by nanoforge-evaluation's harness (one request in flight). Base model: the "
         "4-layer, width-128 GPT of `lora_vs_full.md`; prompting variants use it as is, with raw-text prompts "
-        f"(it never saw a chat template); the fine-tunes are full FT and {lora_name} (the best LoRA there). "
+        f"(it never saw a chat template); the fine-tunes are full FT and {lora_name} (the best LoRA there"
+        + (
+            f"; its adapter also trains the embedding rows of {len(token_rows)} chat special tokens, ids "
+            f"{', '.join(map(str, token_rows))}, which the server applies per request like the LoRA factors"
+            if (token_rows := manifest["variants"][lora_name].get("token_rows"))
+            else ""
+        )
+        + "). "
         f"Cost = server CPU-seconds x ${PRICE.cpu_hour_usd}/CPU-hour (the placeholder price of "
         "`evaluation.cost`); the shared pretraining of the base cost "
         f"{base_cost['cpu_s']:.0f} CPU-s = ${pretrain_usd:.5f} and is needed by every variant.\n\n"
@@ -572,7 +579,7 @@ def write_report(
         )
         + "\n\n"
         + "## When does fine-tuning beat prompting?\n\n"
-        + interpret(results, paired, pretrain_usd, majority)
+        + interpret(results, paired, pretrain_usd, majority, lora_name)
         + "\n"
     )
     (a.out / "prompting_vs_finetuning.md").write_text(text)
@@ -585,7 +592,11 @@ def top_answer(r: Mapping[str, Any]) -> str:
 
 
 def interpret(
-    results: list[dict], paired: Mapping[str, Any] | None, pretrain_usd: float, majority: float
+    results: list[dict],
+    paired: Mapping[str, Any] | None,
+    pretrain_usd: float,
+    majority: float,
+    lora_name: str = "LoRA",
 ) -> str:
     """Statements computed from the numbers (nothing here is written before the run)."""
     if paired is None:
@@ -635,6 +646,20 @@ def interpret(
             f"- The best prompt barely classifies at all: it answers {top_answer(bp)} of the questions with the "
             "same label (see the table's last column for the other rows); summed label "
             "log-likelihoods favour the label whose tokens the base model finds likeliest in any context."
+        )
+    loras = [r for r in results if r["variant"].startswith("LoRA")]
+    if loras and "full FT (score)" in by:
+        lines.append(
+            f"- {lora_name}: "
+            + ", ".join(
+                f"{r['variant']} {100 * r['accuracy']['value']:.1f}% ({top_answer(r)})" for r in loras
+            )
+            + f" vs full FT {100 * by['full FT (score)']['accuracy']['value']:.1f}%: the LoRA fine-tune stays well "
+            'behind full FT on this model; `lora_vs_full.md` ("What it means") measures where its loss sits.'
+            if by["full FT (score)"]["accuracy"]["value"] - max(r["accuracy"]["value"] for r in loras) > 0.05
+            else f"- {lora_name}: "
+            + ", ".join(f"{r['variant']} {100 * r['accuracy']['value']:.1f}%" for r in loras)
+            + f" vs full FT {100 * by['full FT (score)']['accuracy']['value']:.1f}%."
         )
     lines.append(
         f"- So, on this task and model, {verdict}. The best prompt is {100 * above:+.1f} points from always "

@@ -116,7 +116,9 @@ def test_sft_lora_resume_is_exact(tmp_path: Path, ft_overrides: list[str]) -> No
     run(load_finetune_config(None, over, method="lora"), tmp_path / "b", resume=True)
     a = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and len(a) == 8  # q_proj and v_proj, A and B, 2 layers
+    # q_proj and v_proj, A and B, 2 layers + the special-token rows (lora.trainable_tokens=special, tied head)
+    assert a.keys() == b.keys() and len(a) == 9
+    assert "base_model.model.tok_emb.token_adapter.trainable_tokens_delta" in a
     assert all(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # B starts at 0: training moved it
     for k in a:
         assert torch.equal(a[k], b[k]), k

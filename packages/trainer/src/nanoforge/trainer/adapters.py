@@ -3,7 +3,9 @@
 ``LORA_IMPLS[impl]`` is a ``LoraImpl`` of four functions — attach adapters to a GPT, save them in PEFT's
 format, load them, and merge them into a plain GPT — so the fine-tuning recipe never branches on the
 implementation. Both write and read the same files (``adapter_config.json`` + ``adapter_model.safetensors``)
-and a test checks that each reads the other's.
+and a test checks that each reads the other's. ``LoraSettings.trainable_tokens`` also lets a few token rows
+of the embedding (and the LM head: the same rows when tied) train, via peft's ``trainable_token_indices`` or
+``lora.inject_token_rows``.
 
 What it does not do: choose hyper-parameters (the config's ``lora`` section) or train (``finetune``).
 """
@@ -31,6 +33,17 @@ class LoraSettings:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    trainable_tokens: tuple[int, ...] = ()  # token ids whose embedding / LM-head rows train too
+
+
+def token_layers(model: GPT, ids: tuple[int, ...]) -> dict[str, list[int]]:
+    """peft's ``trainable_token_indices`` for ``ids``: ``tok_emb`` only when the head is tied, else both.
+
+    Raises:
+        ValueError: an id outside the model's vocabulary, or repeated.
+    """
+    checked = lora.check_token_ids(ids, model.config.vocab_size)
+    return {"tok_emb": checked} if lora.is_tied(model) else {"tok_emb": checked, "lm_head": checked}
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,7 @@ class LoraImpl:
     merged: Callable[[nn.Module], GPT]  # a plain GPT with the adapters folded in (consumes the module)
 
 
-def _atomic_dir(directory: Path, fill: Callable[[Path], None]) -> None:
+def _atomic_dir(directory: Path, fill: Callable[[Path], object]) -> None:
     """Fill a temp dir beside ``directory`` and rename it into place (replacing an old one)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
@@ -72,10 +85,40 @@ def _peft_attach(model: GPT, s: LoraSettings) -> nn.Module:
         raise ValueError(
             f"lora.target_modules {unknown} are not linear layers of this model; accepted: {', '.join(sorted(linears))}"
         )
+    tied = lora.is_tied(model)
     config = LoraConfig(
-        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules), bias="none"
+        r=s.r,
+        lora_alpha=s.alpha,  # type: ignore[arg-type]  # annotated int in peft; a float works
+        lora_dropout=s.dropout,
+        target_modules=list(s.target_modules),
+        bias="none",
+        trainable_token_indices=token_layers(model, s.trainable_tokens) if s.trainable_tokens else None,
     )
-    return get_peft_model(model, config)
+    module = get_peft_model(model, config)
+    if s.trainable_tokens and tied:
+        _tie_peft_head(module)
+    return module
+
+
+def _tie_peft_head(module: nn.Module) -> None:
+    """Make the tied ``lm_head`` read peft's token rows of ``tok_emb`` (input and output rows stay equal).
+
+    peft ties them itself only for transformers models (``tie_word_embeddings`` + ``_tied_weights_keys``); our
+    GPT has neither, so we wrap the head the way peft does, sharing the embedding's ``TrainableTokensLayer``.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    gpt = base_gpt(module)
+    emb = gpt.tok_emb
+    if not isinstance(emb, TrainableTokensWrapper) or isinstance(gpt.lm_head, TrainableTokensWrapper):
+        return
+    adapter = emb.token_adapter
+    name = adapter.active_adapters[0]
+    head = TrainableTokensWrapper(
+        gpt.lm_head, name, token_indices=adapter.token_indices[name], tied_adapter=adapter
+    )
+    head.set_adapter(name, inference_mode=module.peft_config[name].inference_mode)  # type: ignore[index,union-attr]
+    gpt.lm_head = head  # type: ignore[assignment]
 
 
 def _peft_save(module: nn.Module, directory: Path, s: LoraSettings, base: str | None) -> None:
@@ -90,17 +133,30 @@ def _peft_save(module: nn.Module, directory: Path, s: LoraSettings, base: str | 
 def _peft_load(model: GPT, directory: Path) -> nn.Module:
     from peft import PeftModel
 
-    lora.read_adapter_config(directory)  # clear errors before peft's own
-    return PeftModel.from_pretrained(model, str(directory))
+    cfg = lora.read_adapter_config(directory)  # clear errors before peft's own
+    layers, tied = lora.token_indices_of(cfg, str(directory)), lora.is_tied(model)
+    if tied and "lm_head" in layers:
+        raise ValueError(
+            f"{directory}: trainable_token_indices lists lm_head, but this model ties it to tok_emb"
+        )
+    for ids in layers.values():
+        lora.check_token_ids(ids, model.config.vocab_size, f"{directory}: trainable_token_indices")
+    module = PeftModel.from_pretrained(model, str(directory))
+    if layers and tied:
+        _tie_peft_head(module)
+    return module
 
 
 def _peft_merged(module: nn.Module) -> GPT:
-    return module.merge_and_unload()  # type: ignore[operator,no-any-return]
+    return module.merge_and_unload()  # type: ignore[operator]
 
 
 # ------------------------------------------------------------------------------------------- our own
 def _own_attach(model: GPT, s: LoraSettings) -> nn.Module:
+    layers = token_layers(model, s.trainable_tokens) if s.trainable_tokens else {}
     lora.inject_lora(model, s.target_modules, s.r, s.alpha, s.dropout)
+    if layers:
+        lora.inject_token_rows(model, layers)
     return model
 
 

@@ -2,7 +2,8 @@
 
 ``run(cfg, run_dir)``: load a model (ours or a HF checkpoint) and its tokenizer (a chat template is
 attached when it has none), render and pack the JSONL conversations (``sft_data``), optionally attach LoRA
-adapters (``adapters.LORA_IMPLS[lora.impl]``), and train with the pretraining recipe's pieces — AdamW with
+adapters (``adapters.LORA_IMPLS[lora.impl]``; by default the embedding rows of the special tokens the chats
+use train with them, ``lora.trainable_tokens``), and train with the pretraining recipe's pieces — AdamW with
 decay on 2-D weights, the lr schedules, clipping, accumulation, autocast, atomic checkpoints with exact
 resume. The loss is cross-entropy over assistant tokens only: per micro-batch, the sum over label tokens
 divided by the number of label tokens in the *global* micro-batch, so N data-parallel workers (``dist``)
@@ -102,6 +103,13 @@ def separator_id(tok: Any) -> int:
     )
 
 
+def special_ids_in(tok: Any, packed: Packed) -> list[int]:
+    """The tokenizer's special-token ids that occur in the packed data (what ``lora.trainable_tokens=special``
+    trains: the chat template's tokens, the separator)."""
+    present = set(torch.unique(packed.x).tolist()) | set(torch.unique(packed.y).tolist())
+    return sorted(i for i in tok.special_tokens.values() if i in present)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, splits: dict[str, Packed], cfg: FinetuneConfig, device: torch.device
@@ -195,7 +203,7 @@ def run(
         if splits["train"].loss_tokens == 0:
             raise ValueError(f"{cfg.data.train}: no assistant tokens to train on")
         lora_impl = LORA_IMPLS[cfg.lora.impl] if cfg.base.method == "lora" else None
-        settings = cfg.lora.settings()
+        settings = cfg.lora.settings(special_ids_in(tok, splits["train"]))
         module: nn.Module = lora_impl.attach(gpt, settings) if lora_impl else gpt
         trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
         n_trainable, n_total = sum(p.numel() for p in trainable.values()), base_gpt(module).num_parameters()

@@ -7,7 +7,8 @@ and type checked, errors naming the key and what is accepted); ``train``, ``opti
     base.model      directory of the model to start from: ours (``save_model``) or a HF Llama/GPT-2 dir
     base.method     full (every weight trains) | lora (adapters only)
     data.train      JSONL of chats / instruction records;  data.val: JSONL or null (split off data.train)
-    lora.*          impl (peft | nanoforge), r, alpha, dropout, target_modules ("q_proj,v_proj"), merge
+    lora.*          impl (peft | nanoforge), r, alpha, dropout, target_modules ("q_proj,v_proj"), merge,
+                    trainable_tokens (special | none | "5,17": token rows that train with the adapter)
 
 What it does not do: run anything (``finetune``).
 """
@@ -15,6 +16,7 @@ What it does not do: run anything (``finetune``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,10 +61,36 @@ class LoraSection:
     dropout: float = 0.0  # dropout on the LoRA branch input
     target_modules: str = "q_proj,v_proj"  # comma-separated linear names (q/k/v/o_proj, gate/up/down_proj)
     merge: bool = False  # also write RUN/final: the base with the adapter merged in
+    # Token rows (embedding + LM head) that train with the adapter: "special" = the tokenizer's special tokens
+    # that occur in the rendered training chats (<|im_start|>, <|im_end|>, ...: untrained by pretraining on
+    # raw text), "none", or comma-separated token ids ("5,17").
+    trainable_tokens: str = "special"
 
-    def settings(self) -> LoraSettings:
+    def token_ids(self, special_ids: Sequence[int] = ()) -> tuple[int, ...]:
+        """``trainable_tokens`` as ids; ``special_ids`` is what "special" stands for.
+
+        Raises:
+            ValueError: neither special, none nor comma-separated non-negative ints (names the bad item).
+        """
+        spec = self.trainable_tokens.strip()
+        if spec == "special":
+            return tuple(sorted(set(special_ids)))
+        if spec == "none":
+            return ()
+        ids = []
+        for item in spec.split(","):
+            if not item.strip().isdigit():
+                raise ValueError(
+                    f"lora.trainable_tokens={self.trainable_tokens!r}: {item.strip()!r} is not a token id; "
+                    "accepted: special, none, or comma-separated ids such as 5,17"
+                )
+            ids.append(int(item))
+        return tuple(ids)
+
+    def settings(self, special_ids: Sequence[int] = ()) -> LoraSettings:
+        """The adapter settings; ``special_ids``: the ids ``trainable_tokens=special`` selects."""
         targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
-        return LoraSettings(self.r, self.alpha, self.dropout, targets)
+        return LoraSettings(self.r, self.alpha, self.dropout, targets, self.token_ids(special_ids))
 
 
 @dataclass(frozen=True)
@@ -92,6 +120,10 @@ def finetune_config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; accepted: {', '.join(SECTIONS)}")
+    tokens = raw.get("lora", {}).get("trainable_tokens") if isinstance(raw.get("lora"), dict) else None
+    if isinstance(tokens, int | list) and not isinstance(tokens, bool):  # `=5` and YAML [5, 17] read as ids
+        ids = tokens if isinstance(tokens, list) else [tokens]
+        raw = {**raw, "lora": {**raw["lora"], "trainable_tokens": ",".join(map(str, ids))}}
     cfg = FinetuneConfig(
         **{name: build_section(name, cls, raw.get(name) or {}) for name, cls in SECTIONS.items()}
     )
@@ -110,6 +142,7 @@ def finetune_config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
         raise ValueError(f"lora.dropout={lo.dropout} must be in [0, 1)")
     if not lo.settings().target_modules:
         raise ValueError("lora.target_modules is empty; give comma-separated names such as q_proj,v_proj")
+    lo.token_ids()  # format errors now, range errors once the model's vocab_size is known
     return cfg
 
 

@@ -15,6 +15,16 @@ Files are PEFT's format, so peft and this module read each other's adapters:
 ``base_model.model.<module>.lora_A.weight`` / ``...lora_B.weight`` (parameter names of peft's LoRA layer,
 without the adapter name).
 
+Trainable token rows (peft's ``trainable_token_indices``): ``inject_token_rows`` lets a few rows of the
+token embedding (and of the LM head) train with the adapter — the chat special tokens that never occurred in
+pretraining. A ``TokenRows`` holds the *new values* of the chosen rows (peft calls them
+``trainable_tokens_delta``, but they replace the rows rather than add to them); the embedding / head computes
+with ``W.index_copy(0, ids, rows)``. When ``lm_head`` is tied to ``tok_emb`` both wrappers share one
+``TokenRows``, so input and output rows stay equal, and the file holds only ``tok_emb``'s rows (as peft
+writes for tied models); untied, each layer has its own. Keys:
+``base_model.model.tok_emb.token_adapter.trainable_tokens_delta``, config
+``"trainable_token_indices": {"tok_emb": [ids...]}`` (+ ``"lm_head"`` when untied).
+
 What it does not do: several adapters at once, DoRA / rsLoRA / bias training, quantized bases (use peft
 for those; ``adapters.py`` offers both behind one interface).
 """
@@ -24,12 +34,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -39,6 +50,7 @@ from nanoforge.core_model.checkpoint import atomic_write_bytes, atomic_write_jso
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+TOKEN_ROWS_KEY = "token_adapter.trainable_tokens_delta"  # peft's saved name under the wrapped layer
 
 
 class LoRALinear(nn.Module):
@@ -142,20 +154,32 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def merge_lora(model: nn.Module) -> None:
-    """Merge every LoRA layer into its base weight (outputs unchanged, the LoRA branch skipped)."""
-    for layer in lora_layers(model).values():
+    """Merge every LoRA layer and token-row layer into its base weight (outputs unchanged)."""
+    layers: list[LoRALinear | TokenRowsLayer] = [
+        *lora_layers(model).values(),
+        *token_row_layers(model).values(),
+    ]
+    for layer in layers:
         layer.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
     """Undo ``merge_lora``."""
-    for layer in lora_layers(model).values():
+    layers: list[LoRALinear | TokenRowsLayer] = [
+        *lora_layers(model).values(),
+        *token_row_layers(model).values(),
+    ]
+    for layer in layers:
         layer.unmerge()
 
 
 def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
-    """Replace every ``LoRALinear`` by its base ``nn.Linear`` (merged first when ``merge``); returns ``model``."""
-    for name, layer in lora_layers(model).items():
+    """Replace every ``LoRALinear`` / token-row wrapper by its base layer (merged first when ``merge``).
+
+    Returns ``model``.
+    """
+    layers: dict[str, LoRALinear | TokenRowsLayer] = {**lora_layers(model), **token_row_layers(model)}
+    for name, layer in layers.items():
         if merge:
             layer.merge()
         parent, child = _parent(model, name)
@@ -164,20 +188,182 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     return model
 
 
-# ------------------------------------------------------------------------------------ PEFT-format files
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """LoRA weights under peft's saved key names (``base_model.model.<module>.lora_A.weight``)."""
-    out = {}
-    for name, layer in lora_layers(model).items():
-        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
-        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().cpu().contiguous()
+# ------------------------------------------------------------------------------------ trainable token rows
+class TokenRows(nn.Module):
+    """Trainable new values for rows ``ids`` of a (vocab, d) weight, and the originals (for ``unmerge``).
+
+    Args:
+        weight: the embedding / head weight the rows come from (vocab, d).
+        ids: distinct row indices, each in ``[0, vocab)``.
+    """
+
+    ids: torch.Tensor  # (n,) long, a buffer
+    original: torch.Tensor  # (n, d), a buffer
+
+    def __init__(self, weight: torch.Tensor, ids: Sequence[int]) -> None:
+        super().__init__()
+        self.register_buffer("ids", torch.tensor(list(ids), dtype=torch.long, device=weight.device))
+        self.rows = nn.Parameter(weight.detach()[self.ids].clone())  # (n, d), starts equal to the originals
+        self.register_buffer("original", weight.detach()[self.ids].clone())  # (n, d)
+
+    def replace_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` with the chosen rows replaced (differentiable in ``rows``)."""
+        return weight.index_copy(0, self.ids, self.rows.to(weight.dtype))
+
+
+class TokenRowsLayer(nn.Module):
+    """An ``nn.Embedding`` or ``nn.Linear`` (the LM head) computing with ``token_rows.replace_rows(base.weight)``.
+
+    ``weight`` reads the adapted weight, so code that inspects ``tok_emb.weight`` (device, dtype) still works.
+    """
+
+    def __init__(self, base: nn.Embedding | nn.Linear, token_rows: TokenRows) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.token_adapter = token_rows  # peft's attribute name, so state-dict paths read alike
+        self.merged = False
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self.base_layer.weight
+        return w if self.merged else self.token_adapter.replace_rows(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if self.merged:
+            return base(x)
+        if isinstance(base, nn.Embedding):
+            return F.embedding(x, self.weight, base.padding_idx)  # (B, T) -> (B, T, d)
+        return F.linear(x, self.weight, base.bias)  # (B, T, d) -> (B, T, vocab)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Write the rows into the base weight (idempotent; a tied pair writes the same values twice)."""
+        if not self.merged:
+            t = self.token_adapter
+            self.base_layer.weight.index_copy_(0, t.ids, t.rows.to(self.base_layer.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Put the original rows back (idempotent)."""
+        if self.merged:
+            t = self.token_adapter
+            self.base_layer.weight.index_copy_(0, t.ids, t.original.to(self.base_layer.weight.dtype))
+            self.merged = False
+
+
+def check_token_ids(ids: Sequence[int], vocab_size: int, what: str = "lora.trainable_tokens") -> list[int]:
+    """The ids as a list of ints, each in ``[0, vocab_size)`` and listed once.
+
+    Example: ``check_token_ids([5, 3], 64) -> [5, 3]``; ``[64]`` -> ValueError naming 64 and vocab_size=64.
+    """
+    out = []
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise ValueError(
+                f"{what}: token id {i!r} is not in the model's vocabulary (vocab_size={vocab_size}); "
+                f"accepted: ints 0..{vocab_size - 1}"
+            )
+        if i in out:
+            raise ValueError(f"{what}: token id {i} is listed twice; list each id once")
+        out.append(i)
+    if not out:
+        raise ValueError(f"{what}: no token ids given; list at least one id")
     return out
 
 
+def is_tied(model: nn.Module) -> bool:
+    """True when the GPT's ``lm_head.weight`` is its ``tok_emb.weight``."""
+    return _base_weight(model, "lm_head") is _base_weight(model, "tok_emb")
+
+
+def _base_weight(model: nn.Module, name: str) -> torch.Tensor:
+    mod = model.get_submodule(name)
+    return (mod.base_layer if isinstance(mod, TokenRowsLayer) else mod).weight  # type: ignore[return-value]
+
+
+def inject_token_rows(model: nn.Module, layers: Mapping[str, Sequence[int]]) -> list[str]:
+    """Let rows ``ids`` of each named layer (``tok_emb`` / ``lm_head``) train; returns the wrapped names.
+
+    With tied embeddings, ``lm_head`` shares ``tok_emb``'s ``TokenRows`` (give ``tok_emb`` only; an
+    ``lm_head`` entry is an error). Untied, a layer not listed keeps its rows frozen.
+
+    Raises:
+        ValueError: a layer other than tok_emb / lm_head, an id out of range or repeated, or lm_head listed
+            on a tied model.
+    """
+    unknown = sorted(set(layers) - {"tok_emb", "lm_head"})
+    if unknown:
+        raise ValueError(f"trainable token rows for layers {unknown}; accepted: tok_emb, lm_head")
+    vocab = _base_weight(model, "tok_emb").shape[0]
+    tied = is_tied(model)
+    if tied and "lm_head" in layers:
+        raise ValueError(
+            "lm_head is tied to tok_emb in this model; list trainable token ids for tok_emb only (they train both)"
+        )
+    wrapped = []
+    for name, ids in layers.items():
+        base = model.get_submodule(name)
+        if type(base) not in (nn.Embedding, nn.Linear):
+            raise ValueError(
+                f"{name} is a {type(base).__name__}; trainable token rows need a plain nn.Embedding / nn.Linear "
+                "(do not target it with LoRA as well)"
+            )
+        rows = TokenRows(base.weight, check_token_ids(ids, vocab))  # type: ignore[arg-type]
+        parent, child = _parent(model, name)
+        setattr(parent, child, TokenRowsLayer(base, rows))  # type: ignore[arg-type]
+        wrapped.append(name)
+        if tied:  # the head reads the same (vocab, d) weight: give it the same rows
+            parent, child = _parent(model, "lm_head")
+            setattr(parent, child, TokenRowsLayer(model.get_submodule("lm_head"), rows))  # type: ignore[arg-type]
+            wrapped.append("lm_head")
+    return wrapped
+
+
+def token_row_layers(model: nn.Module) -> dict[str, TokenRowsLayer]:
+    """Module name -> ``TokenRowsLayer`` for every wrapped embedding / head."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, TokenRowsLayer)}
+
+
+def token_row_indices(model: nn.Module) -> dict[str, list[int]]:
+    """peft's ``trainable_token_indices`` for the model: ``{layer: ids}``, a tied head left out."""
+    out: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for name, layer in token_row_layers(model).items():
+        if id(layer.token_adapter) not in seen:
+            seen.add(id(layer.token_adapter))
+            out[name] = layer.token_adapter.ids.tolist()
+    return out
+
+
+# ------------------------------------------------------------------------------------ PEFT-format files
+def _adapter_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """peft's saved key -> the parameter it holds: LoRA factors, then token rows (a tied head left out)."""
+    out = {}
+    for name, layer in lora_layers(model).items():
+        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
+        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
+    rows = token_row_layers(model)
+    for name in token_row_indices(model):
+        out[f"{PEFT_PREFIX}{name}.{TOKEN_ROWS_KEY}"] = rows[name].token_adapter.rows
+    return out
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter weights under peft's saved key names (``base_model.model.<module>.lora_A.weight``, ...)."""
+    return {k: p.detach().cpu().contiguous() for k, p in _adapter_params(model).items()}
+
+
 def peft_config_dict(
-    target_modules: Iterable[str], r: int, alpha: float, dropout: float, base_model: str | None = None
+    target_modules: Iterable[str],
+    r: int,
+    alpha: float,
+    dropout: float,
+    base_model: str | None = None,
+    trainable_token_indices: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
-    """The ``adapter_config.json`` fields peft needs for a plain LoRA adapter (its defaults for the rest)."""
+    """The ``adapter_config.json`` fields peft needs for a LoRA adapter (its defaults for the rest)."""
     return {
         "peft_type": "LORA",
         "task_type": None,
@@ -193,13 +379,16 @@ def peft_config_dict(
         "modules_to_save": None,
         "use_rslora": False,
         "use_dora": False,
+        "trainable_token_indices": trainable_token_indices or None,
     }
 
 
 def save_adapter(
     model: nn.Module, directory: str | os.PathLike[str], target_modules: Sequence[str], base_model: str | None
 ) -> Path:
-    """Write the injected adapter in PEFT's format (both files atomic). Returns the directory.
+    """Write the injected adapter (LoRA factors + token rows) in PEFT's format, both files atomic.
+
+    Returns the directory.
 
     Raises:
         ValueError: the model has no LoRA layers.
@@ -212,10 +401,31 @@ def save_adapter(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / ADAPTER_WEIGHTS, st_save(adapter_state_dict(model)))
-    atomic_write_json(
-        out / ADAPTER_CONFIG, peft_config_dict(target_modules, first.r, first.alpha, dropout, base_model)
+    cfg = peft_config_dict(
+        target_modules, first.r, first.alpha, dropout, base_model, token_row_indices(model) or None
     )
+    atomic_write_json(out / ADAPTER_CONFIG, cfg)
     return out
+
+
+def token_indices_of(cfg: dict[str, Any], where: str) -> dict[str, list[int]]:
+    """``trainable_token_indices`` of an adapter config as ``{layer: ids}`` (a bare list = ``tok_emb``).
+
+    Raises:
+        ValueError: not a list of ints or a mapping of layer name -> list of ints.
+    """
+    raw = cfg.get("trainable_token_indices")
+    if raw is None:
+        return {}
+    layers = {"tok_emb": raw} if isinstance(raw, list) else raw
+    if not isinstance(layers, dict) or not all(
+        isinstance(ids, list) and all(isinstance(i, int) for i in ids) for ids in layers.values()
+    ):
+        raise ValueError(
+            f"{where}: trainable_token_indices={raw!r}; accepted: a list of token ids or "
+            '{"tok_emb": [ids], "lm_head": [ids]}'
+        )
+    return {str(k): list(v) for k, v in layers.items()}
 
 
 def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -249,11 +459,12 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     targets = cfg.get("target_modules")
     if isinstance(targets, str) or not targets:
         raise ValueError(f"{path}: target_modules={targets!r}; accepted: a non-empty list of module names")
+    token_indices_of(cfg, str(path))
     return cfg
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> list[str]:
-    """Inject LoRA layers as ``adapter_config.json`` says and load ``adapter_model.safetensors`` into them.
+    """Inject LoRA layers (and token rows) as ``adapter_config.json`` says and load the weights into them.
 
     Works for adapters written by ``save_adapter`` and by peft's ``save_pretrained``. Returns the wrapped names.
 
@@ -276,19 +487,18 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> list[st
         float(cfg["lora_alpha"]),
         float(cfg.get("lora_dropout", 0.0)),
     )
-    expected = adapter_state_dict(model)
+    token_layers = token_indices_of(cfg, str(Path(directory) / ADAPTER_CONFIG))
+    if token_layers:
+        names += inject_token_rows(model, token_layers)
+    expected = _adapter_params(model)
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise ValueError(f"{path}: adapter lacks tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
-    layers = lora_layers(model)
     with torch.no_grad():
-        for key, ref in expected.items():
-            if tensors[key].shape != ref.shape:
+        for key, param in expected.items():
+            if tensors[key].shape != param.shape:
                 raise ValueError(
-                    f"{path}: {key} has shape {tuple(tensors[key].shape)}, the model needs {tuple(ref.shape)}"
+                    f"{path}: {key} has shape {tuple(tensors[key].shape)}, the model needs {tuple(param.shape)}"
                 )
-            module, _, param = key.removeprefix(PEFT_PREFIX).rpartition(".")
-            name, _, which = module.rpartition(".")
-            getattr(layers[name], which).weight.copy_(tensors[key])
-            assert param == "weight"
+            param.copy_(tensors[key])
     return names

@@ -3,8 +3,9 @@
 What it does: ``AdapterSet(model)`` keeps ``{name: info}``; ``add(name, dir)`` reads a PEFT adapter, wraps
 each targeted module of ``model`` in a ``MultiLoRALinear`` the first time any adapter targets it (a swap
 on the parent module, by name) and attaches the factors; ``remove(name)`` detaches them (wrappers stay, and
-cost one dict lookup when unused). ``route(names)`` is the engine's per-forward hook: row i uses
-``names[i]``. ``cache_salt(name)`` separates prefix-cache entries per adapter *and* per load, so a replaced
+cost one dict lookup when unused). An adapter with trainable token rows also gets ``tok_emb`` / ``lm_head``
+wrapped in a ``MultiTokenRows`` (a tied head takes the embedding's rows), so those rows too apply per batch
+row. ``route(names)`` is the engine's per-forward hook: row i uses ``names[i]``. ``cache_salt(name)`` separates prefix-cache entries per adapter *and* per load, so a replaced
 adapter never reuses the old one's cached K/V.
 What it does not do: thread safety (call ``add`` / ``remove`` on the engine thread, between iterations:
 ``Engine.run_exclusive``) or request bookkeeping (``text.ServingModel`` refuses to unload an adapter in use).
@@ -21,6 +22,7 @@ from torch import nn
 
 from nanoforge.inference_server.lora.linear import LoRARouting, MultiLoRALinear
 from nanoforge.inference_server.lora.peft_format import read_adapter
+from nanoforge.inference_server.lora.token_rows import MultiTokenRows, TokenRowWeights
 
 
 class AdapterSet:
@@ -33,6 +35,8 @@ class AdapterSet:
         self._salts: dict[str, str] = {}
         self._loads = itertools.count(1)
         self._device = next(model.parameters()).device
+        emb, head = getattr(model, "tok_emb", None), getattr(model, "lm_head", None)
+        self._tied = emb is not None and getattr(head, "weight", None) is getattr(emb, "weight", 0)
 
     def __contains__(self, name: object) -> bool:
         return name in self.infos
@@ -59,6 +63,26 @@ class AdapterSet:
         setattr(self.model.get_submodule(parent_name) if parent_name else self.model, child, wrapper)
         return wrapper
 
+    def _rows_wrapper(self, layer: str) -> MultiTokenRows:
+        mod = getattr(self.model, layer, None)
+        if isinstance(mod, MultiTokenRows):
+            return mod
+        if mod is None:
+            raise ValueError(f"the adapter has token rows for {layer!r}, which the model does not have")
+        wrapper = MultiTokenRows(mod, self.routing, "embed" if layer == "tok_emb" else "head")
+        setattr(self.model, layer, wrapper)
+        return wrapper
+
+    def _token_rows(self, rows: dict[str, TokenRowWeights]) -> dict[str, TokenRowWeights]:
+        """Where each layer's rows go: a tied head reads the embedding's rows (and may not have its own)."""
+        if self._tied and "lm_head" in rows:
+            raise ValueError(
+                "the adapter has its own lm_head token rows, but this model ties lm_head to tok_emb"
+            )
+        if self._tied and "tok_emb" in rows:
+            return {**rows, "lm_head": rows["tok_emb"]}
+        return rows
+
     def add(self, name: str, path: str | Path, replace: bool = False) -> dict[str, Any]:
         """Load the PEFT adapter in ``path`` as ``name``; returns its info (AdapterInfo field names).
 
@@ -70,29 +94,40 @@ class AdapterSet:
             raise ValueError(f"adapter name {name!r} must be a non-empty string")
         if name in self.infos and not replace:
             raise ValueError(f"adapter {name!r} is already loaded; unload it first or replace it")
-        weights, cfg = read_adapter(path)
+        weights, token_rows, cfg = read_adapter(path)
+        rows = self._token_rows(token_rows)
         targets = {m: self._wrapper(m) for m in weights}  # checks every target before attaching any
+        row_targets = {layer: self._rows_wrapper(layer) for layer in rows}
         for w in weights.values():
             w.A, w.B = w.A.to(self._device), w.B.to(self._device)
+        for r in rows.values():
+            r.ids, r.rows = r.ids.to(self._device), r.rows.to(self._device)
         try:
             for module, w in weights.items():
                 targets[module].add(name, w)
+            for layer, r in rows.items():
+                row_targets[layer].add(name, r)
         except ValueError:
             for wrapper in targets.values():
                 wrapper.adapters.pop(name, None)
+            for rw in row_targets.values():
+                rw.remove(name)
             raise
-        if name in self.infos:  # replaced: drop factors of modules the new version does not target
+        if name in self.infos:  # replaced: drop factors / rows of modules the new version does not target
             for mod in self.model.modules():
                 if isinstance(mod, MultiLoRALinear) and mod not in targets.values():
                     mod.adapters.pop(name, None)
-        ranks = sorted({w.A.shape[0] for w in weights.values()})
+                if isinstance(mod, MultiTokenRows) and mod not in row_targets.values():
+                    mod.remove(name)
+        ranks = sorted({w.A.shape[0] for w in weights.values()}) or [int(cfg.get("r", 0))]
         info = {
             "name": name,
             "path": str(path),
             "rank": ranks[-1],
             "alpha": float(cfg.get("lora_alpha", ranks[-1])),
-            "target_modules": sorted(weights),
-            "num_parameters": sum(w.num_parameters for w in weights.values()),
+            "target_modules": sorted(weights) + sorted(f"{layer} (token rows)" for layer in token_rows),
+            "num_parameters": sum(w.num_parameters for w in weights.values())
+            + sum(r.num_parameters for r in token_rows.values()),
         }
         self.infos[name] = info
         self._salts[name] = f"lora:{name}:{next(self._loads)}"
@@ -105,6 +140,8 @@ class AdapterSet:
         for mod in self.model.modules():
             if isinstance(mod, MultiLoRALinear):
                 mod.adapters.pop(name, None)
+            if isinstance(mod, MultiTokenRows):
+                mod.remove(name)
         self._salts.pop(name, None)
         return self.infos.pop(name)
 
