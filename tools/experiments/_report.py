@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,24 @@ def versus(diff: float, spread: float | None) -> str:
         return "seed range 0"
     ratio = abs(diff) / spread
     return f"{ratio:.1f}x the seed range {spread:.3f}" + (": marginal" if ratio < 2 else "")
+
+
+def render_saved(
+    out: Path,
+    name: str,
+    first: tuple[str, str],
+    plot: Callable[[list[dict], Path], None],
+    markdown: Callable[[dict[str, Any], list[dict]], str],
+) -> str:
+    """Rewrite ``out/<name>.md`` and ``.png`` from ``out/<name>.json`` (no training); returns the markdown.
+
+    ``first`` = (key, value) the first row must have: the reference arm the others are compared with.
+    """
+    meta, rows = load_results(out / f"{name}.json")
+    key, value = first
+    if not rows or rows[0][key] != value:
+        raise SystemExit(f"error: {out / name}.json must start with the {value} {key}")
+    plot(rows, out / f"{name}.png")
+    md = markdown(meta, rows)
+    write_text(out / f"{name}.md", md)
+    return md

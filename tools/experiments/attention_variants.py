@@ -37,14 +37,13 @@ from _report import (
     ROOT,
     SHAKESPEARE,
     header,
-    load_results,
     prepare_shakespeare,
+    render_saved,
     run_meta,
     save_figure,
     save_results,
     seed_note,
     versus,
-    write_text,
 )
 
 SEED = 1337
@@ -328,13 +327,7 @@ def _speed(by: dict, rows: list[dict]) -> str:
 
 def render(out: Path) -> str:
     """Rewrite the .md and .png in ``out`` from the saved JSON (no training); returns the markdown."""
-    meta, rows = load_results(out / f"{NAME}.json")
-    if not rows or rows[0]["variant"] != "softmax":
-        raise SystemExit(f"error: {out / NAME}.json must start with the softmax variant")
-    plot(rows, out / f"{NAME}.png")
-    md = markdown(meta, rows)
-    write_text(out / f"{NAME}.md", md)
-    return md
+    return render_saved(out, NAME, ("variant", "softmax"), plot, markdown)
 
 
 def main() -> None:

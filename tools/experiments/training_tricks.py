@@ -39,14 +39,13 @@ from _report import (
     SHAKESPEARE,
     header,
     load_level,
-    load_results,
     prepare_shakespeare,
+    render_saved,
     run_meta,
     save_figure,
     save_results,
     seed_note,
     versus,
-    write_text,
 )
 
 WARMUP = 50
@@ -488,13 +487,7 @@ def _max_rise(by: dict) -> str:
 
 def render(out: Path) -> str:
     """Rewrite the .md and .png in ``out`` from the saved JSON (no training); returns the markdown."""
-    meta, rows = load_results(out / f"{NAME}.json")
-    if not rows or rows[0]["arm"] != "baseline":
-        raise SystemExit(f"error: {out / NAME}.json must start with the baseline arm")
-    plot(rows, out / f"{NAME}.png")
-    md = markdown(meta, rows)
-    write_text(out / f"{NAME}.md", md)
-    return md
+    return render_saved(out, NAME, ("arm", "baseline"), plot, markdown)
 
 
 def main() -> None:

@@ -13,12 +13,14 @@ merge weights into the base.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
+
+W = TypeVar("W")  # an adapter's per-layer weights (LoRAWeights, TokenRowWeights)
 
 
 @dataclass
@@ -52,6 +54,21 @@ class LoRARouting:
                 by_name.setdefault(name, []).append(i)
         self.groups = [(n, torch.tensor(r, dtype=torch.long, device=device)) for n, r in by_name.items()]
 
+    def active(self, adapters: Mapping[str, W], batch_rows: int) -> Iterator[tuple[str, torch.Tensor, W]]:
+        """(adapter, row indices, that adapter's weights here) for each routed adapter this layer holds.
+
+        Raises:
+            RuntimeError: the routing was set for a batch of another size (an engine bug, never user input).
+        """
+        if not self.groups or not adapters:
+            return
+        if self.rows != batch_rows:
+            raise RuntimeError(f"LoRA routing is set for {self.rows} rows but the batch has {batch_rows}")
+        for name, rows in self.groups:
+            w = adapters.get(name)
+            if w is not None:
+                yield name, rows, w
+
 
 class MultiLoRALinear(nn.Module):
     """``base`` plus per-row LoRA deltas routed by a shared ``LoRARouting``."""
@@ -77,17 +94,7 @@ class MultiLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        groups = self.routing.groups
-        if not groups or not self.adapters:
-            return y
-        if self.routing.rows != x.shape[0]:
-            raise RuntimeError(
-                f"LoRA routing is set for {self.routing.rows} rows but the batch has {x.shape[0]}"
-            )
-        for name, rows in groups:
-            w = self.adapters.get(name)
-            if w is None:
-                continue
+        for _, rows, w in self.routing.active(self.adapters, x.shape[0]):
             xr = x.index_select(0, rows)  # (n, T, in)
             delta = (xr @ w.A.T.to(x.dtype)) @ w.B.T.to(x.dtype)  # (n, T, r) -> (n, T, out)
             y = y.index_add(0, rows, delta * w.scale)

@@ -86,17 +86,7 @@ class MultiTokenRows(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        groups = self.routing.groups
-        if not groups or not self.adapters:
-            return y
-        if self.routing.rows != x.shape[0]:
-            raise RuntimeError(
-                f"LoRA routing is set for {self.routing.rows} rows but the batch has {x.shape[0]}"
-            )
-        for name, rows in groups:
-            w = self.adapters.get(name)
-            if w is None:
-                continue
+        for name, rows, w in self.routing.active(self.adapters, x.shape[0]):
             xr, yr = x.index_select(0, rows), y.index_select(0, rows)
             if self.kind == "embed":
                 slot = self._slots[name][xr]  # (n, T): index into w.rows, -1 = base row
