@@ -13,9 +13,10 @@ and cost priced from the server's measured CPU time):
   with the Score RPC (log-likelihood of each label: the classifier of ``prompting.py``), zero-shot and
   similar-k-shot greedy generation with label extraction, and zero-shot chain-of-thought (a model this
   small does not reason; it is reported anyway);
-- the fine-tuned models, asked the chat they were trained on: full FT and the best LoRA scored with the
-  Score RPC (``messages`` context, label + end-of-turn ids as continuations), and the same LoRA *as an
-  adapter* on the base server (``serve --adapter``), by greedy generation: the multi-LoRA serving path.
+- the fine-tuned models, asked the chat they were trained on: full FT and the best LoRA (by its validation
+  accuracy) scored with the Score RPC (``messages`` context, label + end-of-turn ids as continuations),
+  and the same LoRA *as an adapter* on the base server (``serve --adapter``), by greedy generation: the
+  multi-LoRA serving path.
   The Score RPC serves base weights only, so the LoRA is scored on its merged copy (same function).
 
 Reported per variant: accuracy with a 95% bootstrap interval, calibration (ECE over 10 bins of the top
@@ -421,7 +422,10 @@ def main() -> None:
         raise SystemExit(f"error: --n must be >= 10, got {a.n}")
     manifest = json.loads(mpath.read_text())
     loras = {k: v for k, v in manifest["variants"].items() if k.startswith("lora")}
-    lora_name = max(loras, key=lambda k: loras[k]["accuracy"])  # the best LoRA of lora_vs_full
+    # the best LoRA of lora_vs_full by its validation accuracy (older manifests: test accuracy)
+    lora_name = max(
+        loras, key=lambda k: (loras[k].get("val_accuracy", loras[k]["accuracy"]), -loras[k]["val_loss"])
+    )
     records, pool = load_data(a.n, a.seed)
     from nanoforge.tokenizer.hf import load_any_tokenizer
 
@@ -548,7 +552,7 @@ def write_report(
         f"Every variant answers the same questions ({subset} TREC-10 test questions), through `nanoforge serve` child "
         "processes over gRPC, driven by nanoforge-evaluation's harness (one request in flight). Base model: the "
         "4-layer, width-128 GPT of `lora_vs_full.md`; prompting variants use it as is, with raw-text prompts "
-        f"(it never saw a chat template); the fine-tunes are full FT and {lora_name} (the best LoRA there"
+        f"(it never saw a chat template); the fine-tunes are full FT and {lora_name} (the best LoRA there by validation accuracy"
         + (
             f"; its adapter also trains the embedding rows of {len(token_rows)} chat special tokens, ids "
             f"{', '.join(map(str, token_rows))}, which the server applies per request like the LoRA factors"
@@ -579,7 +583,7 @@ def write_report(
         )
         + "\n\n"
         + "## When does fine-tuning beat prompting?\n\n"
-        + interpret(results, paired, pretrain_usd, majority, lora_name)
+        + interpret(results, paired, pretrain_usd, majority, lora_name, manifest.get("n_train"))
         + "\n"
     )
     (a.out / "prompting_vs_finetuning.md").write_text(text)
@@ -597,8 +601,10 @@ def interpret(
     pretrain_usd: float,
     majority: float,
     lora_name: str = "LoRA",
+    n_train: int | None = None,
 ) -> str:
-    """Statements computed from the numbers (nothing here is written before the run)."""
+    """Statements computed from the numbers (nothing here is written before the run); ``n_train`` is the
+    number of labelled questions the fine-tunes trained on, when the manifest says."""
     if paired is None:
         return "- Not enough variants ran for a comparison."
     by = {r["variant"]: r for r in results}
@@ -637,7 +643,9 @@ def interpret(
     )
     why = (
         "a base model this small (1M parameters, never instruction-tuned) draws little from instructions or "
-        "in-context examples, while 5,452 labelled questions teach the mapping directly"
+        "in-context examples, while "
+        + (f"{n_train:,} " if n_train else "")
+        + "labelled train questions teach the mapping directly"
         if above < 0.05
         else "prompting does extract some of the task from the examples"
     )
