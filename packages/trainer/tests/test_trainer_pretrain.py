@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,9 +178,28 @@ def test_bf16_autocast_wsd_and_grad_accum(tiny_cfg: Cfg, tmp_path: Path) -> None
     assert logged[-1]["tokens_seen"] == 20 * 2 * 4 * 16
 
 
+def test_fp16_grad_scaler_on_cpu_resumes_exactly(tiny_cfg: Cfg, tmp_path: Path) -> None:
+    """The fp16 recipe (autocast + grad scaler, meant for CUDA) runs on CPU with a warning; the scaler's state
+    is checkpointed, and resuming from the step-10 checkpoint ends with the same weights."""
+    cfg = tiny_cfg("train.dtype=float16", "train.fp16_init_scale=1e8", "train.max_iters=20")
+    with pytest.warns(
+        UserWarning, match=r"train.dtype='float16' on cpu: .* use float32 \(default\) or bfloat16"
+    ):
+        summary = run(cfg, tmp_path / "a")
+    assert math.isfinite(summary["eval"]["val_loss"])
+    first = list_checkpoints(tmp_path / "a")[0]
+    assert first.step == 10 and first.meta["scaler"]["scale"] < 1e8  # 1e8 overflows fp16: it backed off
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(list_checkpoints(tmp_path / "b")[-1].path)  # as if killed right before the step-20 save
+    with pytest.warns(UserWarning):
+        run(cfg, tmp_path / "b", resume=True)
+    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_bad_setups(tiny_cfg: Cfg, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="float16' needs CUDA"):
-        run(tiny_cfg("train.dtype=float16"), tmp_path / "a")
     with pytest.raises(ValueError, match=r"data\.dir is empty"):
         run(tiny_cfg("data.dir="), tmp_path / "b")
     with pytest.raises(

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from nanoforge.core_model.checkpoint import load_model
 from nanoforge.tokenizer.chat import render_chat
+from nanoforge.trainer.checkpoint import list_checkpoints
 from nanoforge.trainer.finetune import run
 from nanoforge.trainer.finetune_config import load_finetune_config
 from nanoforge.trainer.sft_data import IGNORE_INDEX, pack, read_jsonl, record_to_messages, render_all
@@ -123,6 +124,31 @@ def test_sft_lora_resume_is_exact(tmp_path: Path, ft_overrides: list[str]) -> No
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert full["trainable_params"] < full["total_params"] / 10
+
+
+def test_sft_fp16_grad_scaler_state_resumes_exactly(tmp_path: Path, ft_overrides: list[str]) -> None:
+    """fp16 autocast + grad scaler (the CUDA recipe, run on CPU): the scaler's state is checkpointed and
+    restored, so a resumed run ends with the same adapter as an uninterrupted one."""
+    over = [*ft_overrides, "lora.impl=nanoforge", "train.dtype=float16", "train.fp16_init_scale=1e8"]
+    with pytest.warns(
+        UserWarning, match=r"train.dtype='float16' on cpu: .* use float32 \(default\) or bfloat16"
+    ):
+        run(load_finetune_config(None, over, method="lora"), tmp_path / "a")
+    ckpts = list_checkpoints(tmp_path / "a")
+    scaler = ckpts[0].meta["scaler"]
+    # 1e8 overflows fp16 gradients, so the scaler skipped steps and backed off: its state is not the initial
+    # one, and a resume that forgot it would skip steps again and end elsewhere
+    assert scaler["scale"] < 1e8 and ckpts[0].step == 10, scaler
+    half = load_finetune_config(None, [*over, "train.max_iters=10", "schedule.decay_iters=20"], method="lora")
+    with pytest.warns(UserWarning):
+        run(half, tmp_path / "b")
+        run(load_finetune_config(None, over, method="lora"), tmp_path / "b", resume=True)
+    a = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # the scaled steps did update
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_sft_bad_config_is_named(ft_overrides: list[str]) -> None:

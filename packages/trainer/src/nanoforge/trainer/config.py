@@ -44,7 +44,12 @@ class DataConfig:
 class TrainConfig:
     seed: int = 1337  # seeds torch, numpy, python and the data sampler
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16 (autocast) | float16 (autocast + grad scaler, cuda only)
+    dtype: str = (
+        "float32"  # float32 | bfloat16 (autocast) | float16 (autocast + grad scaler; for CUDA, slow on CPU)
+    )
+    fp16_init_scale: float = (
+        65536.0  # float16 only: the grad scaler's first loss scale (it backs off on overflow)
+    )
     compile: bool = False  # torch.compile the model (minutes of warm-up; pays off on long GPU runs)
     batch_size: int = 12  # sequences per micro-batch
     block_size: int = 64  # tokens per sequence (<= model.max_seq_len)
@@ -292,6 +297,7 @@ def check_sections(cfg: Any) -> None:
         "checkpoint.keep_last": c.keep_last,
         "optim.lr": o.lr,
         "optim.eps": o.eps,
+        "train.fp16_init_scale": t.fp16_init_scale,
     }
     for key, value in positive.items():
         if not value > 0:

@@ -40,7 +40,14 @@ from nanoforge.trainer.dist import Dist
 from nanoforge.trainer.finetune_config import FinetuneConfig, finetune_config_from_dict
 from nanoforge.trainer.metrics import MetricsLog
 from nanoforge.trainer.optim import SCHEDULES, ScheduleArgs, build_adamw
-from nanoforge.trainer.pretrain import AUTOCAST, CONFIG_FILE, FINAL_DIR, NonFiniteLoss, resolve_device
+from nanoforge.trainer.pretrain import (
+    AUTOCAST,
+    CONFIG_FILE,
+    FINAL_DIR,
+    NonFiniteLoss,
+    resolve_device,
+    warn_fp16_off_cuda,
+)
 from nanoforge.trainer.sft_data import (
     IGNORE_INDEX,
     Packed,
@@ -174,8 +181,7 @@ def run(
         raise ValueError("data.train is empty; set data.train=FILE.jsonl")
     t = cfg.train
     device = resolve_device(t.device)
-    if t.dtype == "float16" and device.type != "cuda":
-        raise ValueError("train.dtype='float16' needs CUDA (a grad scaler); on CPU use float32 or bfloat16")
+    warn_fp16_off_cuda(t.dtype, device)
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -216,7 +222,7 @@ def run(
             impl=cfg.optim.impl,
             device=device,
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=t.dtype == "float16")
+        scaler = torch.amp.GradScaler(device.type, t.fp16_init_scale, enabled=t.dtype == "float16")
         batches = PackedBatches(splits["train"], t.batch_size, t.seed)
 
         def ckpt_weights() -> dict[str, torch.Tensor]:
@@ -235,6 +241,8 @@ def run(
         if ckpt is not None:
             batches.set_state(load_checkpoint(ckpt, gpt, optimizer, load_ckpt_weights))
             step, tokens_seen = ckpt.step, int(ckpt.meta.get("tokens_seen", 0))
+            if ckpt.meta.get("scaler") and scaler.is_enabled():  # {} when saved by a run without fp16
+                scaler.load_state_dict(ckpt.meta["scaler"])
         if dist.is_main:
             atomic_write_bytes(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
             log = MetricsLog(run_dir, tensorboard=cfg.log.tensorboard, resume_step=step if ckpt else None)
@@ -314,7 +322,12 @@ def run(
                     eval_s += time.perf_counter() - t_eval
                     record("eval", step, **last_eval)
                 if (step % cfg.checkpoint.interval == 0 or step == t.max_iters) and dist.is_main:
-                    extra = {"tokens_seen": tokens_seen, "eval": last_eval, "method": cfg.base.method}
+                    extra = {
+                        "tokens_seen": tokens_seen,
+                        "eval": last_eval,
+                        "method": cfg.base.method,
+                        "scaler": scaler.state_dict(),
+                    }
                     save_checkpoint(
                         run_dir,
                         step,

@@ -2,7 +2,7 @@
 
 ``run(cfg, run_dir)`` is the whole thing; read it in one sitting. One optimizer step is
 ``grad_accum`` micro-batches of ``batch_size x block_size`` random windows, a loss under autocast
-(``AUTOCAST``), backward (through a grad scaler for fp16 on CUDA), global-norm clipping, the scheduled lr,
+(``AUTOCAST``), backward (through a grad scaler for fp16), global-norm clipping, the scheduled lr,
 AdamW. Every ``eval_interval`` steps (and at 0 and the end) the mean loss on fixed batches of train and
 val is logged with val bits per byte; every ``checkpoint.interval`` steps (and at the end) a checkpoint is
 written; the run ends by exporting ``RUN/final`` as a normal model directory with the tokenizer beside it.
@@ -23,6 +23,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -61,6 +62,17 @@ AUTOCAST: dict[str, Callable[[torch.device], contextlib.AbstractContextManager]]
     "bfloat16": _autocast(torch.bfloat16),
     "float16": _autocast(torch.float16),
 }
+
+
+def warn_fp16_off_cuda(dtype: str, device: torch.device) -> None:
+    """fp16 autocast + the grad scaler run on CPU too (same code path as CUDA, so tests cover it), but CPUs
+    without fp16 arithmetic emulate it slowly: say so, and name the CPU choices."""
+    if dtype == "float16" and device.type != "cuda":
+        warnings.warn(
+            f"train.dtype='float16' on {device.type}: fp16 autocast with a grad scaler works but is usually much "
+            "slower than float32 off CUDA; on CPU use float32 (default) or bfloat16",
+            stacklevel=3,
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -159,8 +171,7 @@ def run(
         )
     t = cfg.train
     device = resolve_device(t.device)
-    if t.dtype == "float16" and device.type != "cuda":
-        raise ValueError("train.dtype='float16' needs CUDA (a grad scaler); on CPU use float32 or bfloat16")
+    warn_fp16_off_cuda(t.dtype, device)
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -188,7 +199,7 @@ def run(
             impl=cfg.optim.impl,
             device=device,
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=t.dtype == "float16")
+        scaler = torch.amp.GradScaler(device.type, t.fp16_init_scale, enabled=t.dtype == "float16")
         train_batches = Batches(data.splits["train"], t.batch_size, t.block_size, t.seed, "train")
         Batches(data.splits["val"], t.batch_size, t.block_size, t.seed, "val")  # fail now if val is too small
         step, tokens_seen = 0, 0
