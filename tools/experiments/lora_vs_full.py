@@ -5,7 +5,9 @@
 Domain task: TREC question classification (6 coarse labels; ../shared/data/trec, 5,452 train / 500 test).
 Pipeline, all on CPU with nanoforge's own recipes:
 1. a 1,024-id BPE tokenizer with ChatML specials, trained on tinyshakespeare + the TREC train questions;
-2. a small GPT (4 layers, width 128) pretrained on the same unlabeled text (``pretrain.run``);
+2. a small GPT (4 layers, width 128) pretrained on the same unlabeled text (``pretrain.run``,
+   ``--pretrain-steps``, 1000), and a second one pretrained for only ``--short-base-steps`` (200) for the
+   base-length diagnostic;
 3. the labelled train set as chat JSONL ("Classify ...: question" -> "LABEL");
 4. model selection, the same for every method: ``--val-n`` (500) seeded train questions are held out as a
    validation split (the fine-tunes never train on them); each method (full FT, LoRA r=4/8/16) trains once
@@ -18,8 +20,9 @@ Pipeline, all on CPU with nanoforge's own recipes:
    seen in pretraining), plus a control, ``frozen-rows-r16``: LoRA r=16 with those rows frozen
    (``lora.trainable_tokens=none``, plain LoRA), and a diagnostic, ``label-rows-r16``: LoRA r=16 that also
    trains the rows of the tokens the six labels are spelled with (``lora.trainable_tokens=<ids>``), both at
-   the lr chosen for that rank, and a steps diagnostic, ``long-r<R>``: the best-validation LoRA rank at its
-   chosen lr with ``--long-factor`` (3) times the steps. LoRA gets more steps than full FT (the usual
+   the lr chosen for that rank, steps diagnostics, ``long-full`` / ``long-r<R>``: full FT and the
+   best-validation LoRA rank at their chosen lrs with ``--long-factor`` (3) times the steps, and ``short-base-full`` / ``short-base-r<R>``: full FT
+   and the best LoRA rank, each at its chosen lr, on the short base. LoRA gets more steps than full FT (the usual
    allowance for its cheaper steps); steps, lr, CPU time are all in the table;
 6. quality: accuracy on the 500 test questions, choosing the label whose tokens (plus end-of-turn) the model
    finds most likely after the prompt. The prompting baseline scores the base model the same way with six
@@ -50,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from _lora_vs_full_report import CONTROL, LABEL_ROWS, write_report
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
@@ -57,8 +61,6 @@ INSTRUCTION = "Classify the question type (ABBR, DESC, ENTY, HUM, LOC or NUM): "
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"
 MANIFEST = "manifest.json"
 VAL_SEED = 1  # the held-out validation questions: a seeded sample of the train file
-CONTROL = "frozen-rows-r16"  # LoRA r=16 without trainable token rows: where LoRA stood before
-LABEL_ROWS = "label-rows-r16"  # LoRA r=16 training the special tokens' rows and the label tokens' rows
 
 
 def read_trec(name: str) -> list[tuple[str, str]]:
@@ -86,17 +88,40 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def build_base(work: Path, pretrain_steps: int, threads: int) -> dict:
-    """Tokenizer + pretrained base model in ``work/base`` (with tokenizer/ inside); returns its costs."""
+def build_base(work: Path, pretrain_steps: int, threads: int, name: str = "base") -> dict:
+    """Tokenizer + pretrained base model in ``work/<name>`` (with tokenizer/ inside); returns its costs.
+
+    The main base (``name="base"``) trains the tokenizer and tokenizes the corpus; another name (the
+    short-base diagnostic) reuses them and only pretrains, for ``pretrain_steps``, into its own dir."""
     from nanoforge.core_model.checkpoint import load_model, save_model
-    from nanoforge.tokenizer import train_bpe
-    from nanoforge.tokenizer.chat import CHATML_SPECIALS, add_chat_template
+    from nanoforge.tokenizer.hf import load_any_tokenizer
     from nanoforge.trainer.config import load_config
-    from nanoforge.trainer.prepare import prepare
     from nanoforge.trainer.pretrain import run
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    for sub in ("text", "tok", "data", "pretrain", "base"):
+    for sub in (f"pretrain-{name}", name):
+        shutil.rmtree(work / sub, ignore_errors=True)
+    tok = build_data(work) if name == "base" else load_any_tokenizer(work / "tok")
+    over = pretrain_overrides(work, pretrain_steps, threads)
+    summary = run(load_config("shakespeare-char", over), work / f"pretrain-{name}")
+    save_model(load_model(work / f"pretrain-{name}" / "final"), work / name)
+    tok.save(work / name / "tokenizer")
+    shutil.rmtree(
+        work / f"pretrain-{name}", ignore_errors=True
+    )  # checkpoints: the saved base is what is kept
+    cost = {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "val_loss": summary["eval"]}
+    (work / f"{name}_cost.json").write_text(json.dumps(cost, default=str))
+    return cost
+
+
+def build_data(work: Path):  # returns a nanoforge Tokenizer (imported lazily)
+    """The corpus (tinyshakespeare + the unlabelled TREC train questions), its 1,024-id BPE tokenizer with
+    ChatML specials (``work/tok``) and its token shards (``work/data``); returns the tokenizer."""
+    from nanoforge.tokenizer import train_bpe
+    from nanoforge.tokenizer.chat import CHATML_SPECIALS, add_chat_template
+    from nanoforge.trainer.prepare import prepare
+
+    for sub in ("text", "tok", "data"):
         shutil.rmtree(work / sub, ignore_errors=True)
     text_dir = work / "text"
     text_dir.mkdir(parents=True)
@@ -107,7 +132,12 @@ def build_base(work: Path, pretrain_steps: int, threads: int) -> dict:
     tok = add_chat_template(tok, "chatml")
     tok.save(work / "tok")
     prepare([text_dir], work / "tok", work / "data", val_fraction=0.05, doc_split="paragraph")
-    over = [
+    return tok
+
+
+def pretrain_overrides(work: Path, pretrain_steps: int, threads: int) -> list[str]:
+    """The base's pretraining config (on top of the shipped shakespeare-char one)."""
+    return [
         f"data.dir={work / 'data'}",
         "model.vocab_size=null",
         "model.max_seq_len=768",  # room for the few-shot prompts of the prompting baselines
@@ -123,13 +153,6 @@ def build_base(work: Path, pretrain_steps: int, threads: int) -> dict:
         "log.tensorboard=false",
         "optim.lr=2e-3",
     ]
-    summary = run(load_config("shakespeare-char", over), work / "pretrain")
-    base = work / "base"
-    save_model(load_model(work / "pretrain" / "final"), base)
-    tok.save(base / "tokenizer")
-    cost = {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "val_loss": summary["eval"]}
-    (work / "base_cost.json").write_text(json.dumps(cost, default=str))
-    return cost
 
 
 @torch.no_grad()
@@ -220,7 +243,7 @@ def run_finetune(
     run_dir = work / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run (finetune refuses a dir with checkpoints)
     over = [
-        f"base.model={work / 'base'}",
+        f"base.model={work / a.base}",
         f"data.train={work / 'train.jsonl'}",
         "data.val_fraction=0.05",
         "train.batch_size=16",
@@ -328,7 +351,12 @@ def spawn(a: argparse.Namespace, work: Path, jobs: list[dict]) -> list[dict]:
         cmd += ["--method", job.get("method", "full"), "--rank", str(job.get("r", 0))]
         cmd += ["--lr", str(job.get("lr", 0.0)), "--steps", str(job.get("steps", 0))]
         cmd += ["--sweep"] if job.get("sweep") else []
-        cmd += ["--trainable-tokens", job.get("tokens", a.trainable_tokens)]
+        cmd += [
+            "--trainable-tokens",
+            job.get("tokens", a.trainable_tokens),
+            "--base",
+            job.get("base", "base"),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -384,15 +412,26 @@ def main() -> None:
     ap.add_argument(
         "--work", type=Path, default=Path("out/lora_vs_full"), help="models and data (gitignored)"
     )
-    ap.add_argument("--pretrain-steps", type=int, default=200)
+    ap.add_argument("--pretrain-steps", type=int, default=1000, help="pretraining steps of the base")
+    ap.add_argument(
+        "--short-base-steps",
+        type=int,
+        default=200,
+        help="pretraining steps of the short-base diagnostic (0: none)",
+    )
+    ap.add_argument(
+        "--base-threads", type=int, default=2, help="torch threads for pretraining (nothing else runs then)"
+    )
     ap.add_argument("--full-steps", type=int, default=150, help="full fine-tuning steps")
     ap.add_argument("--full-lrs", default="3e-4,1e-3,3e-3,1e-2", help="full-FT lrs tried (selection sweep)")
     ap.add_argument(
         "--lora-steps", type=int, default=200, help="LoRA steps (each is cheaper than a full step)"
     )
-    ap.add_argument("--lora-lrs", default="3e-3,1e-2,2e-2,4e-2", help="LoRA lrs tried at every rank")
+    ap.add_argument("--lora-lrs", default="1e-3,3e-3,1e-2,2e-2", help="LoRA lrs tried at every rank")
     ap.add_argument("--val-n", type=int, default=500, help="train questions held out for model selection")
-    ap.add_argument("--long-factor", type=int, default=3, help="steps multiple of the long-r<R> diagnostic")
+    ap.add_argument(
+        "--long-factor", type=int, default=3, help="steps multiple of the long-* diagnostics (1: none)"
+    )
     ap.add_argument("--ranks", default="4,8,16")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
     ap.add_argument("--jobs", type=int, default=1, help="variant processes at a time (sweep and variants)")
@@ -414,6 +453,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--base", default="base", help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="re-render the report from --out's JSON")
     ap.add_argument(
         "--load-note", help="with --report-only: the load seen during the run (not recorded then)"
@@ -428,12 +468,18 @@ def main() -> None:
                 setattr(a, k, Path(v) if k == "work" else v)
         return write_report(
             a.out, d["results"], d["sweep"], d["chosen"], a, d["base_cost"], d["reused_base"], d["total_s"],
-            d["breakdown"],
+            d["breakdown"], val_majority(a.val_n), prior_nll(),
         )  # fmt: skip
     for flag, value in (("--pretrain-steps", a.pretrain_steps), ("--full-steps", a.full_steps),
-                        ("--lora-steps", a.lora_steps), ("--long-factor", a.long_factor)):  # fmt: skip
+                        ("--lora-steps", a.lora_steps), ("--long-factor", a.long_factor),
+                        ("--base-threads", a.base_threads)):  # fmt: skip
         if value < 1:
             raise SystemExit(f"error: {flag} must be >= 1, got {value}")
+    if a.short_base_steps < 0 or a.short_base_steps >= a.pretrain_steps:
+        raise SystemExit(
+            f"error: --short-base-steps must be 0 (none) or below --pretrain-steps={a.pretrain_steps}, "
+            f"got {a.short_base_steps}"
+        )
     if not 50 <= a.val_n <= 2000:
         raise SystemExit(f"error: --val-n must be in 50..2000, got {a.val_n}")
     try:
@@ -452,9 +498,17 @@ def main() -> None:
     base_cost = (
         json.loads((work / "base_cost.json").read_text())
         if reused
-        else build_base(work, a.pretrain_steps, a.threads)
+        else build_base(work, a.pretrain_steps, a.base_threads)
     )
     print(f"base: {'reused' if reused else 'built'} ({base_cost['wall_s']:.0f} s)", flush=True)
+    if (
+        a.short_base_steps
+    ):  # the base-length diagnostic: the same corpus and tokenizer, fewer pretraining steps
+        base_cost["short"] = (
+            json.loads((work / "base-short_cost.json").read_text())
+            if reused and (work / "base-short_cost.json").is_file()
+            else build_base(work, a.short_base_steps, a.base_threads, "base-short")
+        )
     tmp = work / "train.jsonl.tmp"
     with open(tmp, "w") as f:  # the train file minus the held-out validation questions
         for lab, q in split_train(a.val_n)[0]:
@@ -490,12 +544,26 @@ def main() -> None:
         ctl = {"method": "lora", "r": a.control_rank, "lr": ctl_lr, "steps": a.lora_steps, "tokens": "none"}
         jobs.append({"name": CONTROL, **ctl})
         jobs.append({"name": LABEL_ROWS, **ctl, "tokens": ",".join(map(str, label_row_ids(work)))})
-    if a.long_factor > 1 and lora_groups:
-        top = max(lora_groups, key=lambda g: (winners[g]["val_accuracy"], -winners[g]["val_loss"]))
-        w = winners[top]
-        jobs.append({"name": f"long-r{w['rank']}", "method": "lora", "r": w["rank"], "lr": w["lr"],
+    top = (
+        winners[max(lora_groups, key=lambda g: (winners[g]["val_accuracy"], -winners[g]["val_loss"]))]
+        if lora_groups
+        else None
+    )
+    if a.long_factor > 1:
+        jobs.append({"name": "long-full", "lr": chosen["full"], "steps": a.full_steps * a.long_factor})
+    if a.long_factor > 1 and top:
+        jobs.append({"name": f"long-r{top['rank']}", "method": "lora", "r": top["rank"], "lr": top["lr"],
                      "steps": a.lora_steps * a.long_factor})  # fmt: skip
-    extra = spawn(a, work, jobs)
+    if a.short_base_steps:  # the same recipes at the same lrs on the short base
+        jobs.append(
+            {"name": "short-base-full", "lr": chosen["full"], "steps": a.full_steps, "base": "base-short"}
+        )
+        if top:
+            jobs.append({"name": f"short-base-r{top['rank']}", "method": "lora", "r": top["rank"], "lr": top["lr"],
+                         "steps": a.lora_steps, "base": "base-short"})  # fmt: skip
+    longest_first = sorted(jobs, key=lambda j: -j.get("steps", 0))  # packs the parallel workers better
+    done = {r["variant"]: r for r in spawn(a, work, longest_first)}
+    extra = [done[j["name"]] for j in jobs]
     results = [extra[0], *results, *extra[1:]]
     total_s = time.perf_counter() - t_start
     manifest = {
@@ -510,7 +578,19 @@ def main() -> None:
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, work / MANIFEST)
     breakdown = loss_breakdown(work, {r["variant"]: r["final"] for r in results if "method" in r})
-    write_report(a.out, results, sweep, chosen, a, base_cost, reused, total_s, breakdown)
+    write_report(
+        a.out,
+        results,
+        sweep,
+        chosen,
+        a,
+        base_cost,
+        reused,
+        total_s,
+        breakdown,
+        val_majority(a.val_n),
+        prior_nll(),
+    )
 
 
 def select(sweep: list[dict]) -> dict[str, dict]:
@@ -524,388 +604,12 @@ def select(sweep: list[dict]) -> dict[str, dict]:
     return best
 
 
-def write_report(
-    out: Path, results: list[dict], sweep: list[dict], chosen: dict[str, float], a: argparse.Namespace,
-    base_cost: dict, reused: bool, total_s: float, breakdown: dict,
-) -> None:  # fmt: skip
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if v is not None}
-    (out / "lora_vs_full.json").write_text(
-        json.dumps(
-            {
-                "results": results,
-                "sweep": sweep,
-                "chosen": chosen,
-                "base_cost": base_cost,
-                "reused_base": reused,
-                "total_s": total_s,
-                "breakdown": breakdown,
-                "args": args,
-            },
-            indent=1,
-            default=str,
-        )
-    )
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
-    tuned = [r for r in results if r["variant"] != "prompting"]
-    ax1.bar([r["variant"] for r in results], [100 * r["accuracy"] for r in results], color="tab:blue")
-    ax1.axhline(100 * 138 / 500, ls="--", color="gray", label="majority class (DESC)")
-    ax1.set_ylabel("TREC test accuracy (%)")
-    ax1.tick_params(axis="x", labelrotation=35)
-    ax1.legend()
-    for g in chosen:
-        pts = sorted((s["lr"], 100 * s["val_accuracy"]) for s in sweep if s["group"] == g)
-        ax2.plot(*zip(*pts, strict=True), "o-", label=f"{g} (chose {chosen[g]:g})")
-    ax2.axhline(100 * val_majority(a.val_n), ls="--", color="gray", label="majority class")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("learning rate")
-    ax2.set_ylabel("validation accuracy (%)")
-    ax2.set_title(f"selection sweep ({a.val_n} held-out train questions)", fontsize=10)
-    ax2.legend(fontsize=7)
-    ax3.scatter([r["trainable"] for r in tuned], [100 * r["accuracy"] for r in tuned])
-    for r in tuned:
-        ax3.annotate(r["variant"], (r["trainable"], 100 * r["accuracy"]))
-    ax3.set_xscale("log")
-    ax3.set_xlabel("trainable parameters")
-    ax3.set_ylabel("accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(out / "lora_vs_full.png", dpi=110)
-    load = getattr(a, "load_note", None) or f"{os.getloadavg()[0]:.1f} at the end"
-    load += " (other jobs shared the 2 cores: tokens/s and wall times are noisy)"
-    parts = list(next(iter(breakdown.values()))) if breakdown else []
-    bd_rows = ["| variant | " + " | ".join(parts) + " |", "|---|" + "---:|" * len(parts)]
-    bd_rows += [f"| {k} | " + " | ".join(f"{v[p]:.3f}" for p in parts) + " |" for k, v in breakdown.items()]
-    selected = {id(r) for r in sweep if r.get("selected")}
-    train_cpu = base_cost["cpu_s"] + sum(
-        r.get("train_cpu_s", 0.0) for r in [*sweep, *(r for r in results if r.get("selected") is None)]
-    )
-    sweep_rows = [
-        "| method | lr | steps | val accuracy | most chosen (val) | val loss | train CPU-s | chosen |",
-        "|---|---:|---:|---:|---|---:|---:|---|",
-    ]
-    sweep_rows += [
-        f"| {s['group']} | {s['lr']:g} | {s['steps']} | {100 * s['val_accuracy']:.1f}% | "
-        f"{top_answer(s, 'val_answers', a.val_n)} | {s['val_loss']:.3f} | {s['train_cpu_s']:.0f} | "
-        f"{'**yes**' if id(s) in selected else ''} |"
-        for s in sweep
-    ]
-    rows = [
-        "| variant | lr | steps | trainable params | peak RSS (MB) | train state (MB) | train tok/s | train s "
-        "| train CPU-s | val loss | val accuracy | test accuracy | most chosen label (test) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        if r["variant"] == "prompting":
-            rows.append(
-                f"| prompting (6-shot, base model; {r['n_test']} test questions) | – | – | 0 | "
-                f"{r['peak_rss_mb']:.0f} | – | – | – | – | – | – | {100 * r['accuracy']:.1f}% | – |"
-            )
-            continue
-        rows.append(
-            f"| {r['variant']} | {r['lr']:g} | {r['steps']} | {r['trainable']:,} | {r['peak_rss_mb']:.0f} | "
-            f"{r['train_state_mb']:.2f} | {r['tokens_per_s']:,.0f} | {r['train_s']:.0f} | {r['train_cpu_s']:.0f} | "
-            f"{r['val_loss']:.3f} | {100 * r['val_accuracy']:.1f}% | {100 * r['accuracy']:.1f}% | {top_answer(r)} |"
-        )
-    cmd = (
-        f"python tools/experiments/lora_vs_full.py --pretrain-steps {a.pretrain_steps} --full-steps "
-        f"{a.full_steps} --lora-steps {a.lora_steps} --full-lrs {a.full_lrs} --lora-lrs {a.lora_lrs} "
-        f"--val-n {a.val_n} --long-factor {a.long_factor} "
-        f"--threads {a.threads} --jobs {a.jobs} --eval-n {a.eval_n} --prompt-n {a.prompt_n}"
-        + (f" --trainable-tokens {a.trainable_tokens}" if a.trainable_tokens != "special" else "")
-        + (f" --control-rank {a.control_rank}" if a.control_rank != 16 else "")
-        + (" --reuse-base" if reused else "")
-    )
-    base_note = (
-        "the base was REUSED from an earlier run (pretraining took "
-        f"{base_cost['wall_s']:.0f} s then; add it to the total)"
-        if reused
-        else f"tokenizer + pretraining the base took {base_cost['wall_s']:.0f} s ({base_cost['cpu_s']:.0f} CPU-s)"
-    )
-    (out / "lora_vs_full.md").write_text(
-        "# LoRA vs full fine-tuning vs prompting (TREC question classification)\n\n"
-        f"Command: `{cmd}` — total {total_s / 60:.1f} min on this machine (2 CPU cores; {base_note}); "
-        f"the training alone (pretraining, sweep, variants) used {train_cpu:,.0f} CPU-seconds, i.e. about "
-        f"{train_cpu / 120:.0f} min of 2 idle cores before evaluation and process start-up. "
-        f"Load average: {load}.\n\n"
-        "Base: a 4-layer, width-128 GPT with a 1,024-id BPE tokenizer, pretrained for "
-        f"{a.pretrain_steps} steps on tinyshakespeare + the (unlabelled) TREC train questions. Each variant then "
-        "trains (batch 16 x 128 packed tokens, loss on the assistant's label tokens only) on the 5,452 labelled "
-        f"train questions minus {a.val_n} seeded ones held out for model selection (the validation accuracy), "
-        "rendered as ChatML chats (5% of the rest held out by the trainer for the validation loss); accuracy is on "
-        f"{tuned[0]['n_test']} of the 500 TREC-10 test questions (a seeded subset when fewer), choosing the most likely of the six labels. LoRA (via peft) adapts q/k/v/o/up/down "
-        "projections, alpha = 2r, no dropout, and trains the embedding rows of the chat special tokens "
-        f"(`lora.trainable_tokens={a.trainable_tokens}`); `{CONTROL}` is LoRA r=16 with those rows frozen "
-        f"(`lora.trainable_tokens=none`: plain LoRA, the setup of the earlier run), and `{LABEL_ROWS}` (a diagnostic) "
-        "also trains the rows of the tokens the six labels are spelled with; both use the lr chosen for "
-        f"r={a.control_rank}. `long-r<R>` (a diagnostic) is the best-validation LoRA rank at its chosen lr with "
-        f"{a.long_factor}x the steps. Only the selected runs and the diagnostics are scored on the test set.\n\n"
-        "## Model selection (validation split, test set untouched)\n\n"
-        "Every method trains once per lr at its final step count; the run with the highest validation accuracy "
-        "(the test metric's scoring, on the held-out train questions) becomes the variant, lower validation "
-        "loss breaking ties. The lr ranges differ by method on purpose (LoRA usually wants ~10x full FT's).\n\n"
-        + "\n".join(sweep_rows)
-        + "\n\n"
-        "## Variants\n\n"
-        + "\n".join(rows)
-        + "\n\n![accuracy, lr sweep and trainable parameters](lora_vs_full.png)\n\n"
-        "Train state = fp32 weights + gradients and AdamW moments of the trainable parameters (what the optimizer "
-        "holds); peak RSS is the whole process (Python, torch, data) and is dominated by the runtime at this size. "
-        "Train CPU-s is the CPU time of the fine-tune (user + system) — the training cost that "
-        "`prompting_vs_finetuning.md` prices.\n\n"
-        "## Where the loss sits\n\n"
-        "Mean negative log-likelihood (nats) of each part of the gold answer, 100 test questions (diagnosis only; "
-        "nothing is chosen with it):\n\n" + "\n".join(bd_rows) + "\n\n"
-        f"Reference: knowing only the train label frequencies gives {prior_nll():.3f} nats on the first label "
-        f"token of these questions (a uniform guess over the six labels: {math.log(6):.3f}).\n\n"
-        "## What it means\n\n"
-        + interpret(results, sweep, chosen, a.val_n)
-        + floor_note(breakdown, results, prior_nll())
-        + "\n"
-    )
-
-
-def top_answer(r: dict, key: str = "answers", n: int | None = None) -> str:
-    """``"DESC 100%"``: the label a variant chose most often (on the test set, or the split of ``key``) and its
-    share (of ``n`` questions, default the test size)."""
-    if not r.get(key):
-        return "–"
-    label, count = max(r[key].items(), key=lambda kv: kv[1])
-    return f"{label} {count / (n or r['n_test']):.0%}"
-
-
-def top_share(r: dict, key: str = "answers") -> float:
-    """Share of the questions (test, or the split of ``key``) given the most chosen label."""
-    counts = r.get(key) or {"-": 0}
-    return max(counts.values()) / max(sum(counts.values()), 1)
-
-
 def val_majority(val_n: int) -> float:
     """Share of the validation split's most common label (what always answering it scores)."""
     counts: dict[str, int] = {}
     for label, _ in split_train(val_n)[1]:
         counts[label] = counts.get(label, 0) + 1
     return max(counts.values()) / val_n
-
-
-def floor_note(breakdown: dict[str, dict[str, float]], results: list[dict], prior: float) -> str:
-    """Bullets on where LoRA's loss sits: with vs without trainable token rows, and any rank-independent floor."""
-    by = {r["variant"]: r for r in results}
-    loras = {k: v for k, v in breakdown.items() if k.startswith("lora")}
-    if "full" not in breakdown or not loras:
-        return ""
-    full = breakdown["full"]
-    out = []
-    rows = next((by[k]["token_rows"] for k in loras if by[k].get("token_rows")), [])
-    if rows and CONTROL in breakdown:
-        ctl, c = breakdown[CONTROL], by[CONTROL]
-        same = by.get(f"lora-r{c['rank']}")
-        parts = []
-        for p in full:
-            lo, hi = min(v[p] for v in loras.values()), max(v[p] for v in loras.values())
-            verb = "drops" if hi < ctl[p] - 0.1 else "rises" if lo > ctl[p] + 0.1 else "stays"
-            parts.append(
-                f"{p} {verb}: {lo:.3f}-{hi:.3f} with the rows training (r {', '.join(k[6:] for k in loras)}) vs "
-                f"{ctl[p]:.3f} with them frozen ({CONTROL}) and {full[p]:.3f} for full FT"
-            )
-        acc = (
-            f" Accuracy at the same rank: {same['variant']} {100 * same['accuracy']:.1f}% vs {CONTROL} "
-            f"{100 * c['accuracy']:.1f}% ({100 * (same['accuracy'] - c['accuracy']):+.1f} points)."
-            if same
-            else ""
-        )
-        out.append(
-            f"\n- Trainable token rows: the LoRA variants also train the embedding rows of the {len(rows)} special "
-            f"tokens that occur in the chats (ids {', '.join(map(str, rows))}; a tied LM head reads the same rows). "
-            f"Per-token loss: " + "; ".join(parts) + "." + acc
-        )
-        eot = "end of turn"
-        if eot in ctl and max(v[eot] for v in loras.values()) < ctl[eot] - 0.5 and same:
-            helped = same["accuracy"] > c["accuracy"] + 0.02 and top_share(same) < 0.9
-            collapsed = same["accuracy"] > c["accuracy"] + 0.02 and not helped
-            out.append(
-                f"\n- So the untrained special-token rows were the end-of-turn floor ({ctl[eot]:.2f} -> "
-                f"{max(v[eot] for v in loras.values()):.3f} nats), "
-                + (
-                    "and training them also lifts accuracy."
-                    if helped
-                    else (
-                        f"and {same['variant']}'s {100 * (same['accuracy'] - c['accuracy']):+.1f} points over "
-                        f"{CONTROL} come from answering one label ({top_answer(same)}), not from telling the "
-                        "classes apart; the rows are "
-                        if collapsed
-                        else "but "
-                    )
-                    + "not what holds LoRA's accuracy back: the first label token, the one that carries "
-                    f"the class, stays at {min(v['first label token'] for v in loras.values()):.2f}-"
-                    f"{max(v['first label token'] for v in loras.values()):.2f} nats with or without them. Accuracy "
-                    "sums the label's tokens and the end of turn, so a per-label difference in the old end-of-turn "
-                    "loss also moved the frozen-rows scores"
-                    + (
-                        "; most chosen test labels with it gone: "
-                        + ", ".join(f"{k} {top_answer(by[k])}" for k in loras)
-                        + "."
-                        if any(k in by and by[k].get("answers") for k in loras)
-                        else "."
-                    )
-                )
-            )
-        if LABEL_ROWS in breakdown:
-            lr_, lb = by[LABEL_ROWS], breakdown[LABEL_ROWS]
-            first = "first label token"
-            near = abs(lb[first] - full[first]) < 0.15
-            out.append(
-                f"\n- Diagnostic {LABEL_ROWS} (r={c['rank']}, also the rows of the "
-                f"{len(lr_['token_rows']) - len(rows)} tokens the labels are spelled with): "
-                + ", ".join(f"{p} {lb[p]:.3f}" for p in lb)
-                + f" nats; accuracy {100 * lr_['accuracy']:.1f}% (most chosen label: {top_answer(lr_)})"
-                + (
-                    f". Its first-label-token loss is near full FT's ({full[first]:.3f}) and both are near the "
-                    f"{prior:.3f} nats of knowing only the label frequencies, yet accuracy is "
-                    f"{100 * lr_['accuracy']:.1f}% vs {100 * by['full']['accuracy']:.1f}%: on this task that loss "
-                    "mostly measures the label prior, so the validation loss cannot rank the variants; what LoRA "
-                    "misses here is which question gets which label, not the label tokens' rows."
-                    if near
-                    and abs(full[first] - prior) < 0.3
-                    and lr_["accuracy"] < by["full"]["accuracy"] - 0.05
-                    else "."
-                )
-            )
-    stuck = [
-        p
-        for p in full
-        if len(loras) > 1
-        and max(v[p] for v in loras.values()) - min(v[p] for v in loras.values()) < 0.02
-        and min(v[p] for v in loras.values()) > full[p] + 0.5
-    ]
-    if stuck:
-        vals = "; ".join(
-            f"{p}: {min(v[p] for v in loras.values()):.2f}-{max(v[p] for v in loras.values()):.2f} for every "
-            f"rank vs {full[p]:.3f} for full FT"
-            for p in stuck
-        )
-        out.append(
-            f"\n- A floor that does not depend on the rank: the loss on the {' and '.join(stuck)} ends at the same "
-            f"value whatever r ({vals}), so more rank does not help there; it points at weights that stay frozen "
-            "under LoRA"
-            + (" (the final norm, the other embedding rows)." if rows else " (norms, embedding rows).")
-        )
-    return "".join(out)
-
-
-def interpret(results: list[dict], sweep: list[dict], chosen: dict[str, float], val_n: int) -> str:
-    """Statements computed from the numbers (nothing here is written before the run)."""
-    by = {r["variant"]: r for r in results}
-    majority = 138 / 500  # DESC share of the test set
-    p, f = by["prompting"]["accuracy"], by["full"]["accuracy"]
-    loras = {k: v for k, v in by.items() if k.startswith("lora")}
-    best = max(loras, key=lambda k: (loras[k]["val_accuracy"], -loras[k]["val_loss"]))
-    lo = loras[best]
-    gap = lo["accuracy"] - f
-    groups = {g: [s for s in sweep if s["group"] == g] for g in chosen}
-    by_loss = {g: min(v, key=lambda s: s["val_loss"])["lr"] for g, v in groups.items()}
-    differ = [g for g in chosen if by_loss[g] != chosen[g]]
-    lora_lrs = [chosen[g] for g in chosen if g != "full"]
-    lines = [
-        f"- Prompting the base model (6 shots): {100 * p:.1f}% on {by['prompting']['n_test']} questions (majority class: "
-        f"{100 * majority:.1f}%). Fine-tuning on {5452 - val_n:,} labelled questions: full FT {100 * f:.1f}%, best LoRA "
-        f"by validation accuracy ({best}) {100 * lo['accuracy']:.1f}%. The full prompting study (zero/few-shot, CoT, intervals, "
-        "calibration, cost) is `prompting_vs_finetuning.md`.",
-        "- Selection (validation accuracy, " + f"{val_n} held-out train questions; majority class there "
-        f"{100 * val_majority(val_n):.1f}%): "
-        + "; ".join(
-            f"{g} {min(100 * s['val_accuracy'] for s in v):.1f}-{max(100 * s['val_accuracy'] for s in v):.1f}% "
-            f"over lr {min(s['lr'] for s in v):g}-{max(s['lr'] for s in v):g}, chose {chosen[g]:g}"
-            + (
-                " (the top of its range: a wider sweep might go higher)"
-                if chosen[g] == max(s["lr"] for s in v) and len(v) > 1
-                else " (the bottom of its range: a wider sweep might go lower)"
-                if chosen[g] == min(s["lr"] for s in v) and len(v) > 1
-                else ""
-            )
-            for g, v in groups.items()
-        )
-        + (
-            f". The chosen LoRA lrs are {min(lora_lrs) / by['full']['lr']:.0f}-"
-            f"{max(lora_lrs) / by['full']['lr']:.0f}x the chosen full-FT lr."
-            if lora_lrs
-            else "."
-        ),
-        "- Accuracy vs loss as the criterion: "
-        + (
-            "the lowest validation loss would have picked a different lr for "
-            + ", ".join(f"{g} ({by_loss[g]:g} instead of {chosen[g]:g})" for g in differ)
-            + "; the two criteria disagree on this task."
-            if differ
-            else "the lowest validation loss picks the same lr as the highest validation accuracy for every "
-            "method here, so the criterion alone does not explain the gap."
-        ),
-        "- One-label runs (>= 95% of the validation questions get the same label): "
-        + (
-            "; ".join(
-                f"{g} at lr " + ", ".join(f"{s['lr']:g} ({top_answer(s, 'val_answers', val_n)})" for s in bad)
-                for g, v in groups.items()
-                if (bad := [s for s in v if top_share(s, "val_answers") >= 0.95])
-            )
-            or "none"
-        )
-        + (
-            ". Where every lr of a sweep answers one label, no lr taught that method to tell the classes apart "
-            "and the validation loss tie-break made the pick: " + ", ".join(tied) + "."
-            if (tied := [g for g, v in groups.items() if all(top_share(s, "val_answers") >= 0.95 for s in v)])
-            else "."
-        ),
-        "- Tuned LoRA vs full FT: "
-        + ", ".join(
-            f"{k} {100 * v['accuracy']:.1f}% ({v['trainable'] / by['full']['trainable']:.1%} of the "
-            f"parameters)"
-            for k, v in loras.items()
-        )
-        + f" vs full {100 * f:.1f}%; best LoRA is {100 * gap:+.1f} points from full FT, with "
-        f"{lo['steps']} vs {by['full']['steps']} steps and {lo['train_cpu_s']:.0f} vs "
-        f"{by['full']['train_cpu_s']:.0f} CPU-s of training.",
-        f"- Memory: the optimizer-side training state drops from {by['full']['train_state_mb']:.1f} MB (full) to "
-        f"{by.get('lora-r8', lo)['train_state_mb']:.1f} MB (r=8), but peak RSS ({by['full']['peak_rss_mb']:.0f} vs "
-        f"{by.get('lora-r8', lo)['peak_rss_mb']:.0f} MB) is dominated by the runtime at this size, and LoRA's "
-        "processes also import peft/transformers. The saving matters once weights are gigabytes.",
-        f"- Speed (training tokens/s, evaluation excluded): full {by['full']['tokens_per_s']:,.0f}, "
-        + ", ".join(f"{k} {v['tokens_per_s']:,.0f}" for k, v in loras.items())
-        + ". LoRA skips the frozen weights' gradients but adds two small matmuls per adapted layer; the "
-        "processes ran side by side on shared CPU cores, so these figures are noisy.",
-        "- Validation vs test: the selected runs score "
-        + ", ".join(
-            f"{k} {100 * v['val_accuracy']:.1f}/{100 * v['accuracy']:.1f}%"
-            for k, v in by.items()
-            if v.get("selected")
-        )
-        + " "
-        "(validation/test); the selection cost is every sweep run's training (in the CPU-second total above), "
-        "not only the winner's.",
-    ]
-    long = next((v for k, v in by.items() if k.startswith("long-r")), None)
-    if long:
-        same = by.get(f"lora-r{long['rank']}")
-        if same:
-            d = long["val_accuracy"] - same["val_accuracy"]
-            lines.append(
-                f"- Diagnostic {long['variant']} (not selected): {long['steps']} instead of {same['steps']} steps at "
-                f"the same lr {long['lr']:g}: validation {100 * same['val_accuracy']:.1f}% -> "
-                f"{100 * long['val_accuracy']:.1f}%, test {100 * same['accuracy']:.1f}% -> "
-                f"{100 * long['accuracy']:.1f}% (most chosen: {top_answer(long)}); "
-                + (
-                    "on validation, longer LoRA training helps, so the step budget, not only the rank or lr, "
-                    "holds LoRA back here (a diagnostic: the step count was not selected)."
-                    if d > 0.03
-                    else "on validation, more steps do not help much, so at this lr the training length is not what "
-                    "limits LoRA; the short pretraining of the base (a LoRA update can only steer what the base "
-                    "already computes) is the untested remaining suspect."
-                )
-            )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
