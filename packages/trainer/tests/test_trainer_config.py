@@ -88,7 +88,10 @@ def test_int_accepted_where_float_expected() -> None:
             "schedule.name=linear",
             r"schedule\.name='linear' is not supported; accepted: cosine, wsd, constant",
         ),
-        ("train.dtype=fp8", r"train\.dtype='fp8' is not supported; accepted: float32, bfloat16, float16"),
+        (
+            "train.dtype=fp8",
+            r"train\.dtype='fp8' is not supported; accepted: float32, bfloat16, float16, auto",
+        ),
         ("model.n_layers=2", r"unknown model config keys \['n_layers'\]"),
         ("model.mlp=tanh", r"mlp='tanh' is not supported"),
         ("train.block_size=128", r"train\.block_size=128 exceeds model\.max_seq_len=64"),

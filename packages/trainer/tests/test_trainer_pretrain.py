@@ -23,7 +23,7 @@ from nanoforge.core_model.checkpoint import load_model
 from nanoforge.tokenizer import load_tokenizer
 from nanoforge.trainer.checkpoint import list_checkpoints
 from nanoforge.trainer.config import PretrainConfig
-from nanoforge.trainer.pretrain import NonFiniteLoss, load_run_config, run
+from nanoforge.trainer.pretrain import NonFiniteLoss, load_run_config, resolve_dtype, run
 
 Cfg = Callable[..., PretrainConfig]
 
@@ -176,6 +176,16 @@ def test_bf16_autocast_wsd_and_grad_accum(tiny_cfg: Cfg, tmp_path: Path) -> None
     lrs = {r["step"]: r["lr"] for r in logged if r["kind"] == "train"}
     assert lrs[10] == pytest.approx(3e-3) and lrs[20] == pytest.approx(1e-4)  # stable, then decayed to min_lr
     assert logged[-1]["tokens_seen"] == 20 * 2 * 4 * 16
+
+
+def test_dtype_auto_resolves_per_device_and_the_run_dir_records_it(tiny_cfg: Cfg, tmp_path: Path) -> None:
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"  # fp32 is the CPU default
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == "bfloat16"  # explicit choices pass through
+    run(tiny_cfg("train.dtype=auto", "train.max_iters=10"), tmp_path / "run")
+    assert load_run_config(tmp_path / "run").train.dtype == "float32"  # resume reuses the concrete dtype
+    straight = run(tiny_cfg("train.max_iters=10"), tmp_path / "fp32")
+    a, b = _weights(tmp_path / "run" / "final"), _weights(tmp_path / "fp32" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a) and straight["step"] == 10  # the same run as float32
 
 
 def test_fp16_grad_scaler_on_cpu_resumes_exactly(tiny_cfg: Cfg, tmp_path: Path) -> None:

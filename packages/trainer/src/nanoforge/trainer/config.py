@@ -28,7 +28,7 @@ from nanoforge.core_model.config import ModelConfig
 #: Accepted values of the string knobs that are choices (the rest are free strings such as paths).
 CHOICES: dict[str, tuple[Any, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
-    "train.dtype": ("float32", "bfloat16", "float16"),
+    "train.dtype": ("float32", "bfloat16", "float16", "auto"),
     "optim.impl": ("auto", "fused", "foreach", "for-loop"),
     "schedule.name": ("cosine", "wsd", "constant"),  # the keys of schedules.SCHEDULES (a test checks)
 }

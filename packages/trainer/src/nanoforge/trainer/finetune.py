@@ -16,6 +16,7 @@ What it does not do: pretraining on raw text (``pretrain``), RLHF / DPO, multi-a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -46,6 +47,7 @@ from nanoforge.trainer.pretrain import (
     FINAL_DIR,
     NonFiniteLoss,
     resolve_device,
+    resolve_dtype,
     warn_fp16_off_cuda,
 )
 from nanoforge.trainer.sft_data import (
@@ -179,8 +181,12 @@ def run(
         )
     if not cfg.data.train:
         raise ValueError("data.train is empty; set data.train=FILE.jsonl")
+    device = resolve_device(cfg.train.device)
+    # train.dtype=auto becomes the concrete dtype here, and the run dir's config records that one
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, dtype=resolve_dtype(cfg.train.dtype, device))
+    )
     t = cfg.train
-    device = resolve_device(t.device)
     warn_fp16_off_cuda(t.dtype, device)
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if t.threads is not None:

@@ -20,6 +20,7 @@ What it does not do: SFT / LoRA (``finetune``), start workers (``ray_launcher``)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -73,6 +74,14 @@ def warn_fp16_off_cuda(dtype: str, device: torch.device) -> None:
             "slower than float32 off CUDA; on CPU use float32 (default) or bfloat16",
             stacklevel=3,
         )
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """``auto`` -> bfloat16 on a CUDA device that supports it, else float32 (most CPUs lack fast bf16 math;
+    ask for bfloat16 explicitly on one that has it); any other name is returned as is."""
+    if name != "auto":
+        return name
+    return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,8 +178,12 @@ def run(
         raise ValueError(
             f"{run_dir} already holds checkpoints (step {ckpt.step}); pass --resume or choose a new --out"
         )
+    device = resolve_device(cfg.train.device)
+    # train.dtype=auto becomes the concrete dtype here, and the run dir's config records that one
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, dtype=resolve_dtype(cfg.train.dtype, device))
+    )
     t = cfg.train
-    device = resolve_device(t.device)
     warn_fp16_off_cuda(t.dtype, device)
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if t.threads is not None:
