@@ -144,10 +144,12 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep_last: int,
     weights: dict[str, torch.Tensor] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the ``keep_last`` newest. Returns its path.
 
-    ``weights`` replaces the model's full state dict (LoRA runs save only the adapter tensors).
+    ``weights`` replaces the model's full state dict (LoRA runs save only the adapter tensors); ``scaler``'s
+    state (fp16 loss scale and growth tracker; ``{}`` when disabled) goes into ``state.json`` as ``scaler``.
     """
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -170,6 +172,7 @@ def save_checkpoint(
             "model_config": model.config.to_dict(),
             "optimizer": opt_meta,
             "rng": rng_scalars,
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
             **extra,
         }
         _write(tmp / "state.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
@@ -233,10 +236,12 @@ def load_checkpoint(
     model: GPT,
     optimizer: torch.optim.Optimizer,
     load_tensors: Callable[[dict[str, torch.Tensor], str], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
     """Load weights, optimizer state and RNG states from ``ckpt``; returns the data-sampler state.
 
     ``load_tensors(tensors, source)`` replaces loading the full model (pairs with ``save_checkpoint(weights=)``).
+    An enabled ``scaler`` gets its saved state back (none is saved by a run without fp16: it keeps its own).
 
     Raises:
         ValueError: wrong format/version, a checkpoint of a different model config, missing/corrupt files.
@@ -262,4 +267,6 @@ def load_checkpoint(
         optimizer.load_state_dict(opt_state)
     except (ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"{ckpt.path}: optimizer state does not fit this model/optimizer ({e})") from e
+    if scaler is not None and scaler.is_enabled() and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
     return restore_rng(_read_tensors(ckpt.path / "rng.safetensors"), meta["rng"])

@@ -44,12 +44,8 @@ class DataConfig:
 class TrainConfig:
     seed: int = 1337  # seeds torch, numpy, python and the data sampler
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    dtype: str = (
-        "float32"  # float32 | bfloat16 (autocast) | float16 (autocast + grad scaler; for CUDA, slow on CPU)
-    )
-    fp16_init_scale: float = (
-        65536.0  # float16 only: the grad scaler's first loss scale (it backs off on overflow)
-    )
+    dtype: str = "float32"  # float32 | bfloat16 (autocast) | float16 (+ grad scaler) | auto (bf16 on CUDA)
+    fp16_init_scale: float = 65536.0  # float16: the grad scaler's first loss scale (backs off on overflow)
     compile: bool = False  # torch.compile the model (minutes of warm-up; pays off on long GPU runs)
     batch_size: int = 12  # sequences per micro-batch
     block_size: int = 64  # tokens per sequence (<= model.max_seq_len)

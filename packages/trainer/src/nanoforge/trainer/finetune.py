@@ -16,7 +16,6 @@ What it does not do: pretraining on raw text (``pretrain``), RLHF / DPO, multi-a
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -47,8 +46,7 @@ from nanoforge.trainer.pretrain import (
     FINAL_DIR,
     NonFiniteLoss,
     resolve_device,
-    resolve_dtype,
-    warn_fp16_off_cuda,
+    resolve_precision,
 )
 from nanoforge.trainer.sft_data import (
     IGNORE_INDEX,
@@ -182,12 +180,8 @@ def run(
     if not cfg.data.train:
         raise ValueError("data.train is empty; set data.train=FILE.jsonl")
     device = resolve_device(cfg.train.device)
-    # train.dtype=auto becomes the concrete dtype here, and the run dir's config records that one
-    cfg = dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, dtype=resolve_dtype(cfg.train.dtype, device))
-    )
+    cfg = resolve_precision(cfg, device)
     t = cfg.train
-    warn_fp16_off_cuda(t.dtype, device)
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -245,10 +239,8 @@ def run(
 
         step, tokens_seen = 0, 0
         if ckpt is not None:
-            batches.set_state(load_checkpoint(ckpt, gpt, optimizer, load_ckpt_weights))
+            batches.set_state(load_checkpoint(ckpt, gpt, optimizer, load_ckpt_weights, scaler))
             step, tokens_seen = ckpt.step, int(ckpt.meta.get("tokens_seen", 0))
-            if ckpt.meta.get("scaler") and scaler.is_enabled():  # {} when saved by a run without fp16
-                scaler.load_state_dict(ckpt.meta["scaler"])
         if dist.is_main:
             atomic_write_bytes(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
             log = MetricsLog(run_dir, tensorboard=cfg.log.tensorboard, resume_step=step if ckpt else None)
@@ -328,12 +320,7 @@ def run(
                     eval_s += time.perf_counter() - t_eval
                     record("eval", step, **last_eval)
                 if (step % cfg.checkpoint.interval == 0 or step == t.max_iters) and dist.is_main:
-                    extra = {
-                        "tokens_seen": tokens_seen,
-                        "eval": last_eval,
-                        "method": cfg.base.method,
-                        "scaler": scaler.state_dict(),
-                    }
+                    extra = {"tokens_seen": tokens_seen, "eval": last_eval, "method": cfg.base.method}
                     save_checkpoint(
                         run_dir,
                         step,
@@ -343,6 +330,7 @@ def run(
                         extra,
                         cfg.checkpoint.keep_last,
                         ckpt_weights(),
+                        scaler,
                     )
                 if step % cfg.checkpoint.interval == 0 or step == t.max_iters:
                     dist.barrier()  # no rank runs ahead of a checkpoint it may have to resume from

@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from nanoforge.trainer.data import Batches, TokenData, open_data
 from nanoforge.trainer.dist import Dist
 from nanoforge.trainer.metrics import PEAK_FLOPS, MetricsLog, bits_per_byte, mfu
 from nanoforge.trainer.optim import SCHEDULES, ScheduleArgs, build_adamw
+
+if TYPE_CHECKING:
+    from nanoforge.trainer.finetune_config import FinetuneConfig
 
 CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"
@@ -65,15 +68,21 @@ AUTOCAST: dict[str, Callable[[torch.device], contextlib.AbstractContextManager]]
 }
 
 
-def warn_fp16_off_cuda(dtype: str, device: torch.device) -> None:
-    """fp16 autocast + the grad scaler run on CPU too (same code path as CUDA, so tests cover it), but CPUs
-    without fp16 arithmetic emulate it slowly: say so, and name the CPU choices."""
+C = TypeVar("C", PretrainConfig, "FinetuneConfig")
+
+
+def resolve_precision(cfg: C, device: torch.device) -> C:
+    """``cfg`` with a concrete ``train.dtype`` for ``device`` (``auto`` resolved, so the run dir's config
+    records what ran). fp16 autocast + the grad scaler run on CPU too (same code path as CUDA, so tests
+    cover it), but CPUs without fp16 arithmetic emulate it slowly: that gets a warning naming the CPU choices."""
+    dtype = resolve_dtype(cfg.train.dtype, device)
     if dtype == "float16" and device.type != "cuda":
         warnings.warn(
             f"train.dtype='float16' on {device.type}: fp16 autocast with a grad scaler works but is usually much "
             "slower than float32 off CUDA; on CPU use float32 (default) or bfloat16",
             stacklevel=3,
         )
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=dtype))
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:
@@ -179,12 +188,8 @@ def run(
             f"{run_dir} already holds checkpoints (step {ckpt.step}); pass --resume or choose a new --out"
         )
     device = resolve_device(cfg.train.device)
-    # train.dtype=auto becomes the concrete dtype here, and the run dir's config records that one
-    cfg = dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, dtype=resolve_dtype(cfg.train.dtype, device))
-    )
+    cfg = resolve_precision(cfg, device)
     t = cfg.train
-    warn_fp16_off_cuda(t.dtype, device)
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -217,10 +222,8 @@ def run(
         Batches(data.splits["val"], t.batch_size, t.block_size, t.seed, "val")  # fail now if val is too small
         step, tokens_seen = 0, 0
         if ckpt is not None:
-            train_batches.set_state(load_checkpoint(ckpt, model, optimizer))
+            train_batches.set_state(load_checkpoint(ckpt, model, optimizer, scaler=scaler))
             step, tokens_seen = ckpt.step, int(ckpt.meta.get("tokens_seen", 0))
-            if ckpt.meta.get("scaler") and scaler.is_enabled():  # {} when saved by a run without fp16
-                scaler.load_state_dict(ckpt.meta["scaler"])
         # saved once the checkpoint (if any) has accepted it, so a refused resume leaves the run's own config
         if dist.is_main:
             atomic_write_bytes(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
@@ -313,7 +316,7 @@ def run(
                     last_eval = evaluate(fwd_model, data, cfg, device)
                     record("eval", step, **last_eval)
                 if (step % cfg.checkpoint.interval == 0 or step == t.max_iters) and dist.is_main:
-                    extra = {"tokens_seen": tokens_seen, "eval": last_eval, "scaler": scaler.state_dict()}
+                    extra = {"tokens_seen": tokens_seen, "eval": last_eval}
                     save_checkpoint(
                         run_dir,
                         step,
@@ -322,6 +325,7 @@ def run(
                         train_batches.get_state(),
                         extra,
                         cfg.checkpoint.keep_last,
+                        scaler=scaler,
                     )
                 if step % cfg.checkpoint.interval == 0 or step == t.max_iters:
                     dist.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
