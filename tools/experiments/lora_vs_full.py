@@ -501,17 +501,17 @@ def main() -> None:
         else build_base(work, a.pretrain_steps, a.base_threads)
     )
     print(f"base: {'reused' if reused else 'built'} ({base_cost['wall_s']:.0f} s)", flush=True)
-    if (
-        a.short_base_steps
-    ):  # the base-length diagnostic: the same corpus and tokenizer, fewer pretraining steps
+    # the base-length diagnostic: the same corpus and tokenizer, fewer pretraining steps
+    if a.short_base_steps:
         base_cost["short"] = (
             json.loads((work / "base-short_cost.json").read_text())
             if reused and (work / "base-short_cost.json").is_file()
             else build_base(work, a.short_base_steps, a.base_threads, "base-short")
         )
+    train_qs = split_train(a.val_n)[0]  # the labelled questions the fine-tunes train on
     tmp = work / "train.jsonl.tmp"
     with open(tmp, "w") as f:  # the train file minus the held-out validation questions
-        for lab, q in split_train(a.val_n)[0]:
+        for lab, q in train_qs:
             f.write(json.dumps({"messages": chat(q, lab)}) + "\n")
     os.replace(tmp, work / "train.jsonl")
     # 1. selection: every method x every lr of its sweep, at the method's final step count
@@ -571,7 +571,7 @@ def main() -> None:
         "base_cost": base_cost,
         "labels": LABELS,
         "instruction": INSTRUCTION,
-        "n_train": len(split_train(a.val_n)[0]),  # the labelled questions the fine-tunes trained on
+        "n_train": len(train_qs),
         "variants": {r["variant"]: r for r in results if r["variant"] != "prompting"},
     }
     tmp = work / (MANIFEST + ".tmp")
