@@ -15,6 +15,12 @@ CONTROL = "frozen-rows-r16"  # LoRA r=16 without trainable token rows: where LoR
 LABEL_ROWS = "label-rows-r16"  # LoRA r=16 training the special tokens' rows and the label tokens' rows
 
 
+def selection_key(r: dict) -> tuple[float, float]:
+    """The model-selection rule, shared by the run and its write-up: higher validation accuracy wins, lower
+    validation loss breaks ties (the test set plays no part)."""
+    return (r["val_accuracy"], -r["val_loss"])
+
+
 def write_report(
     out: Path, results: list[dict], sweep: list[dict], chosen: dict[str, float], a: argparse.Namespace,
     base_cost: dict, reused: bool, total_s: float, breakdown: dict, val_major: float, prior: float,
@@ -316,7 +322,7 @@ def interpret(
     majority = 138 / 500  # DESC share of the test set
     p, f = by["prompting"]["accuracy"], by["full"]["accuracy"]
     loras = {k: v for k, v in by.items() if k.startswith("lora")}
-    best = max(loras, key=lambda k: (loras[k]["val_accuracy"], -loras[k]["val_loss"]))
+    best = max(loras, key=lambda k: selection_key(loras[k]))
     lo = loras[best]
     gap = lo["accuracy"] - f
     groups = {g: [s for s in sweep if s["group"] == g] for g in chosen}

@@ -53,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from _lora_vs_full_report import CONTROL, LABEL_ROWS, write_report
+from _lora_vs_full_report import CONTROL, LABEL_ROWS, selection_key, write_report
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
@@ -544,11 +544,7 @@ def main() -> None:
         ctl = {"method": "lora", "r": a.control_rank, "lr": ctl_lr, "steps": a.lora_steps, "tokens": "none"}
         jobs.append({"name": CONTROL, **ctl})
         jobs.append({"name": LABEL_ROWS, **ctl, "tokens": ",".join(map(str, label_row_ids(work)))})
-    top = (
-        winners[max(lora_groups, key=lambda g: (winners[g]["val_accuracy"], -winners[g]["val_loss"]))]
-        if lora_groups
-        else None
-    )
+    top = winners[max(lora_groups, key=lambda g: selection_key(winners[g]))] if lora_groups else None
     if a.long_factor > 1:
         jobs.append({"name": "long-full", "lr": chosen["full"], "steps": a.full_steps * a.long_factor})
     if a.long_factor > 1 and top:
@@ -599,7 +595,7 @@ def select(sweep: list[dict]) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for s in sweep:
         cur = best.get(s["group"])
-        if cur is None or (s["val_accuracy"], -s["val_loss"]) > (cur["val_accuracy"], -cur["val_loss"]):
+        if cur is None or selection_key(s) > selection_key(cur):
             best[s["group"]] = s
     return best
 
